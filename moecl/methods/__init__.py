@@ -1,0 +1,17 @@
+"""Continual-learning methods, by name (docs/methods.md)."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from moecl.backbones import Backbone
+from moecl.methods import mora, probes, seq_lora  # noqa: F401  (fill the registry)
+from moecl.methods.base import ContinualMethod
+from moecl.methods.registry import METHODS, register
+
+
+def build_method(cfg: DictConfig, backbone: Backbone, num_classes: int) -> ContinualMethod:
+    """Build the method named by ``cfg.name`` around ``backbone``."""
+    return METHODS.get(cfg.name)(backbone, num_classes, cfg)
+
+
+__all__ = ["METHODS", "ContinualMethod", "build_method", "register"]

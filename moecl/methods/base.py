@@ -1,0 +1,131 @@
+"""The base LightningModule every method extends, with its experience hooks."""
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from moecl.backbones import Backbone
+from moecl.errors import ConfigError, TrainingDivergedError, check_choice, check_range
+from moecl.heads import MaskedLinearHead
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULERS = ("cosine", "constant")
+TRAIN_LOGITS = ("current", "seen")
+
+
+class ContinualMethod(L.LightningModule):
+    """A backbone, its experts and a head, trained one experience at a time.
+
+    Subclasses add experts in ``__init__`` (injection) and ``before_experience``
+    (growth, freezing). ``before_experience`` must only change structure and
+    trainability, deterministically from (t, classes): resuming replays it for every
+    finished experience before loading the saved state.
+
+    Class attributes:
+        frozen_features: inputs are precomputed backbone features (the runner caches them).
+        needs_training: False for methods that only fit statistics (prototype).
+    """
+
+    frozen_features = False
+    needs_training = True
+
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.head = self.build_head()
+        self.current_experience = -1
+        self.register_buffer("train_classes", torch.zeros(num_classes, dtype=torch.bool))
+        self._frozen_keys = {f"backbone.{k}" for k in backbone.state_dict()}
+        self.validate()
+
+    # -- configuration -------------------------------------------------------
+    def build_head(self) -> nn.Module:
+        return MaskedLinearHead(self.backbone.feature_dim, self.num_classes)
+
+    def validate(self) -> None:
+        """Check the method's config; raise ConfigError naming the bad value."""
+        opt = self.cfg.optimizer
+        check_choice("method.optimizer.name", opt.name, OPTIMIZERS)
+        check_range("method.optimizer.lr", opt.lr, low=0, low_inclusive=False)
+        check_range("method.optimizer.weight_decay", opt.weight_decay, low=0)
+        check_choice("method.scheduler", self.cfg.scheduler, SCHEDULERS)
+        check_choice("method.train_logits", self.cfg.train_logits, TRAIN_LOGITS)
+
+    # -- experience hooks ----------------------------------------------------
+    def before_experience(self, experience: int, classes: list[int]) -> None:
+        """Grow the head to ``classes``; subclasses add/freeze experts (structure only)."""
+        self.current_experience = experience
+        self.head.add_classes(classes)
+        self.train_classes.zero_()
+        mode = self.cfg.train_logits
+        self.train_classes[classes if mode == "current" else self.head.seen] = True
+
+    def after_experience(self, experience: int, train_loader: torch.utils.data.DataLoader) -> None:
+        """Statistics, pruning or fitting after training on ``experience``."""
+
+    def on_evaluate_start(self, test_experience: int) -> None:
+        """Called before evaluating a test experience (e.g. to start usage statistics)."""
+
+    def on_evaluate_end(self, test_experience: int) -> None:
+        """Called after evaluating a test experience."""
+
+    def expert_stats(self) -> dict:
+        """Experts per layer and method-specific statistics for metrics.json ``experts``."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """Method state beyond tensors, saved in checkpoints (plain types only)."""
+        return {"current_experience": self.current_experience}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.current_experience = int(state.get("current_experience", -1))
+
+    # -- forward -------------------------------------------------------------
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.frozen_features else self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over every class of the stream (unmasked)."""
+        return self.head(self.features(x))
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x).masked_fill(~self.train_classes, float("-inf"))
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"loss became {loss.item()} in experience {self.current_experience + 1} at step {self.global_step}; "
+                "lower method.optimizer.lr or set trainer.gradient_clip_val"
+            )
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=len(y))
+        return loss
+
+    def configure_optimizers(self) -> dict:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(f"method={self.cfg.name!r} has no trainable parameters in experience {self.current_experience + 1}")
+        opt = self.cfg.optimizer
+        if opt.name == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+        if self.cfg.scheduler == "constant":
+            return {"optimizer": optimizer}
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- bookkeeping ---------------------------------------------------------
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def expert_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen pretrained weights (which the config rebuilds)."""
+        return {k: v for k, v in self.state_dict().items() if k not in self._frozen_keys and ".base_layer." not in k}

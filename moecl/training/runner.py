@@ -1,0 +1,263 @@
+"""ContinualRunner: the loop over experiences (design.md "One run", step 4)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from moecl.errors import ConfigError, OutOfMemoryError, check_choice, check_range
+from moecl.methods import ContinualMethod
+from moecl.metrics import summarize
+from moecl.scenarios import TaskStream
+from moecl.training.atomic import write_json
+from moecl.training.checkpoint import load_checkpoint, load_method_state, save_checkpoint
+from moecl.training.data import cache_features, joint, make_loader
+
+SCHEMA = 1
+MODES = ("continual", "multitask")
+log = logging.getLogger("moecl")
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides tensors: every finished row and statistic."""
+
+    rows: list[list[float]] = field(default_factory=list)
+    initial: list[float] | None = None
+    trainable: list[int] = field(default_factory=list)
+    experts: list[dict] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    if accelerator == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if accelerator == "gpu":
+        accelerator = "cuda"
+    check_choice("trainer.accelerator", accelerator, ("auto", "cpu", "cuda", "gpu"))
+    if accelerator == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.accelerator='gpu' but no CUDA device is available; use trainer.accelerator=cpu")
+    return torch.device(accelerator)
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """Hash of everything that determines the numbers (not paths, logging or debug flags)."""
+    keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "scenario", "method", "trainer", "seed", "mode") if k in cfg}
+    keep["trainer"] = {k: v for k, v in keep.get("trainer", {}).items() if k not in ("progress_bar", "num_workers")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ContinualRunner:
+    """Trains ``method`` on each experience of ``stream`` in turn and measures every test experience.
+
+    After each experience the checkpoint and then ``metrics.json`` are written atomically
+    to ``run_dir``; a runner started on a run_dir holding a checkpoint resumes after it.
+    Each experience t reseeds from ``seed + t``, so a resumed run repeats exactly what an
+    uninterrupted one does.
+    """
+
+    def __init__(self, method: ContinualMethod, stream: TaskStream, cfg: DictConfig, run_dir: str | Path) -> None:
+        self.method = method
+        self.stream = stream
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.trainer_cfg = cfg.trainer
+        check_range("trainer.max_epochs", self.trainer_cfg.max_epochs, low=0, integer=True)
+        check_range("trainer.batch_size", self.trainer_cfg.batch_size, low=1, integer=True)
+        check_range("trainer.num_workers", self.trainer_cfg.num_workers, low=0, integer=True)
+        check_choice("mode", cfg.mode, MODES)
+        self.device = resolve_device(self.trainer_cfg.accelerator)
+        self.seed = int(cfg.seed)
+        self.fingerprint = fingerprint(cfg)
+        self.checkpoint_path = self.run_dir / "checkpoints" / "last.pt"
+        self.metrics_path = self.run_dir / "metrics.json"
+        self._train_sets: list[Dataset] = [exp.dataset for exp in stream.benchmark.train_stream]
+        self._test_sets: list[Dataset] = [exp.dataset for exp in stream.benchmark.test_stream]
+
+    # -- public ----------------------------------------------------------------
+    def run(self) -> dict:
+        """Run (or resume, or return the finished result of) the whole stream."""
+        if self.metrics_path.exists():
+            done = json.loads(self.metrics_path.read_text())
+            if done.get("complete") and done.get("fingerprint") == self.fingerprint:
+                log.info("run in %s is complete; not redone", self.run_dir)
+                return done
+        progress, start = self._resume()
+        if self.method.frozen_features:
+            self._cache_features()
+        if self.cfg.mode == "multitask":
+            return self._run_multitask(progress)
+        if start == 0 and self._measure_initial():
+            progress.initial = self._evaluate_all(self.stream.classes_per_experience[0])
+        for t in range(start, self.stream.num_experiences):
+            began = time.perf_counter()
+            L.seed_everything(self.seed + t, workers=True, verbose=False)
+            classes = self.stream.classes_per_experience[t]
+            self.method.before_experience(t, classes)
+            progress.trainable.append(self.method.trainable_parameters())
+            loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
+            self._fit(t, loader)
+            self.method.after_experience(t, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
+            progress.rows.append(self._evaluate_all())
+            progress.experts.append(self.method.expert_stats())
+            progress.wall_time_s += time.perf_counter() - began
+            self._save(t, progress, complete=t == self.stream.num_experiences - 1)
+        return json.loads(self.metrics_path.read_text())
+
+    # -- steps -----------------------------------------------------------------
+    def _measure_initial(self) -> bool:
+        measure = self.cfg.eval.initial_accuracy
+        return self.stream.setting == "task_incremental" if measure is None else bool(measure)
+
+    def _resume(self) -> tuple[Progress, int]:
+        if not self.checkpoint_path.exists():
+            return Progress(), 0
+        ckpt = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        done = int(ckpt["experience"]) + 1
+        for t in range(done):
+            self.method.before_experience(t, self.stream.classes_per_experience[t])
+        load_method_state(self.method, ckpt["state"], self.checkpoint_path)
+        self.method.load_extra_state(ckpt["extra"])
+        log.info("resuming %s after experience %d of %d", self.run_dir, done, self.stream.num_experiences)
+        return Progress(**ckpt["progress"]), done
+
+    def _cache_features(self) -> None:
+        bs = self.cfg.eval.batch_size
+        self._train_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._train_sets]
+        self._test_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._test_sets]
+
+    def _fit(self, experience: int, loader: DataLoader) -> None:
+        if not self.method.needs_training or self.trainer_cfg.max_epochs == 0:
+            return
+        tc = self.trainer_cfg
+        trainer = L.Trainer(
+            max_epochs=tc.max_epochs,
+            accelerator="gpu" if self.device.type == "cuda" else "cpu",
+            devices=1,
+            precision=tc.precision,
+            gradient_clip_val=tc.gradient_clip_val,
+            logger=CSVLogger(self.run_dir, name="logs", version=f"experience_{experience + 1}"),
+            enable_checkpointing=False,
+            enable_progress_bar=tc.progress_bar,
+            enable_model_summary=False,
+            log_every_n_steps=tc.log_every_n_steps,
+            num_sanity_val_steps=0,
+        )
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                trainer.fit(self.method, train_dataloaders=loader)
+        except torch.OutOfMemoryError as err:
+            raise OutOfMemoryError(
+                f"out of memory on {self.device} in experience {experience + 1} with trainer.batch_size={tc.batch_size}; "
+                "lower trainer.batch_size or use trainer.precision=bf16-mixed"
+            ) from err
+
+    @torch.no_grad()
+    def _evaluate(self, j: int, allowed: torch.Tensor) -> float:
+        self.method.on_evaluate_start(j)
+        correct = total = 0
+        for batch in make_loader(self._test_sets[j], self.cfg.eval.batch_size, shuffle=False):
+            logits = self.method(batch[0].to(self.device)).masked_fill(~allowed, float("-inf"))
+            correct += int((logits.argmax(-1).cpu() == batch[1]).sum())
+            total += len(batch[1])
+        self.method.on_evaluate_end(j)
+        return 100.0 * correct / max(total, 1)
+
+    def _evaluate_all(self, forced_classes: list[int] | None = None) -> list[float]:
+        """Row of R: accuracy on every test experience.
+
+        Class-incremental: prediction over all classes seen so far. Task-incremental
+        (or ``forced_classes`` for the untrained model): within the experience's classes.
+        """
+        self.method.eval().to(self.device)
+        row = []
+        for j, classes in enumerate(self.stream.classes_per_experience):
+            allowed = torch.zeros(self.method.num_classes, dtype=torch.bool, device=self.device)
+            if self.stream.setting == "task_incremental" or forced_classes is not None:
+                allowed[classes] = True
+            else:
+                allowed |= self.method.head.seen.to(self.device)
+            row.append(self._evaluate(j, allowed))
+        return row
+
+    def _run_multitask(self, progress: Progress) -> dict:
+        """All experiences trained jointly (the upper bound / multi-task use): one row of R."""
+        began = time.perf_counter()
+        L.seed_everything(self.seed, workers=True, verbose=False)
+        classes = sorted(c for exp in self.stream.classes_per_experience for c in exp)
+        self.method.before_experience(0, classes)
+        progress.trainable.append(self.method.trainable_parameters())
+        data = joint(self._train_sets)
+        self._fit(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed, num_workers=self.trainer_cfg.num_workers))
+        self.method.after_experience(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
+        progress.rows.append(self._evaluate_all())
+        progress.experts.append(self.method.expert_stats())
+        progress.wall_time_s += time.perf_counter() - began
+        self._save(0, progress, complete=True)
+        return json.loads(self.metrics_path.read_text())
+
+    # -- results ---------------------------------------------------------------
+    def metrics(self, progress: Progress, complete: bool) -> dict:
+        """The metrics.json document (schema in design.md)."""
+        rows = progress.rows
+        if self.cfg.mode == "multitask":
+            row = rows[0]
+            acc = {
+                "accuracy_matrix": rows, "average_accuracy": [sum(row) / len(row)], "last_accuracy": sum(row) / len(row),
+                "average_incremental_accuracy": None, "forgetting": None, "bwt": None, "fwt": None, "initial_accuracy": None,
+            }
+        else:
+            done = len(rows)
+            acc = summarize([r[:done] for r in rows], None if progress.initial is None else progress.initial[:done])
+            acc["accuracy_matrix"] = rows
+        return {
+            "schema": SCHEMA,
+            "method": self.cfg.method.name,
+            "scenario": self.cfg.scenario.get("name", "custom"),
+            "backbone": self.method.backbone.name,
+            "setting": self.stream.setting,
+            "mode": self.cfg.mode,
+            **acc,
+            "params": {
+                "trainable_per_experience": progress.trainable,
+                "total": sum(p.numel() for p in self.method.parameters()),
+                "backbone": self._backbone_params(),
+            },
+            "experts": {"per_experience": progress.experts},
+            "class_order": self.stream.class_order,
+            "classes_per_experience": self.stream.classes_per_experience,
+            "class_order_seed": self.cfg.scenario.get("class_order_seed"),
+            "seed": self.seed,
+            "experiences_done": len(rows),
+            "wall_time_s": round(progress.wall_time_s, 3),
+            "fingerprint": self.fingerprint,
+            "complete": complete,
+        }
+
+    def _backbone_params(self) -> int:
+        """Pretrained (frozen) parameters: everything in the backbone that is not an expert."""
+        keys = self.method._frozen_keys
+        return sum(p.numel() for n, p in self.method.named_parameters() if n in keys or ".base_layer." in n)
+
+    def _save(self, experience: int, progress: Progress, complete: bool) -> None:
+        # Checkpoint first: metrics.json never claims an experience the checkpoint lacks.
+        save_checkpoint(
+            self.checkpoint_path,
+            experience=experience,
+            state=self.method.expert_state_dict(),
+            extra=self.method.extra_state(),
+            progress=progress.__dict__,
+            fingerprint=self.fingerprint,
+        )
+        write_json(self.metrics_path, self.metrics(progress, complete))
