@@ -1,6 +1,8 @@
 """Vision transformers: the tiny CPU default, timm models and torchvision ViTs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 import torchvision
@@ -16,6 +18,7 @@ from moecl.errors import ConfigError, check_range
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
+PACKAGED_WEIGHTS = {"glyphs": Path(__file__).parent / "weights" / "tiny_vit_glyphs.safetensors"}
 TIMM_VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
 TORCHVISION_VIT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "mlp.0", "mlp.3"]
 
@@ -24,9 +27,11 @@ TORCHVISION_VIT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "mlp.0", "m
 def tiny_vit(cfg: DictConfig) -> Backbone:
     """A small timm ViT for CPUs.
 
-    No pretrained vision weights are available offline, so by default its weights are
-    a seeded random initialisation (``init_seed``): a reproducible frozen feature
-    extractor for demonstrations and tests. Pass ``checkpoint`` for real weights.
+    No pretrained vision weights can be downloaded offline, so moecl ships weights for
+    the default architecture pretrained on synthetic glyphs (``pretrained: glyphs``,
+    made by scripts/pretrain_tiny_vit.py; letters and symbols, no digits).
+    ``pretrained: null`` gives a seeded random init (``init_seed``); ``checkpoint``
+    loads a local file.
     """
     for key in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
         check_range(f"backbone.{key}", cfg[key], low=1, integer=True)
@@ -45,9 +50,13 @@ def tiny_vit(cfg: DictConfig) -> Backbone:
             depth=cfg.depth,
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
+            global_pool=cfg.global_pool,
         )
-    if cfg.checkpoint:
-        load_weights(model, cfg.checkpoint, ignore_prefixes=("head.",))
+    checkpoint = cfg.checkpoint or (PACKAGED_WEIGHTS.get(cfg.pretrained) if cfg.pretrained else None)
+    if cfg.pretrained and not cfg.checkpoint and checkpoint is None:
+        raise ConfigError(f"backbone.pretrained={cfg.pretrained!r} is not packaged; choose one of: {', '.join(PACKAGED_WEIGHTS)}, or null")
+    if checkpoint:
+        load_weights(model, checkpoint, ignore_prefixes=("head.",))
     preprocess = ImagePreprocess(cfg.img_size, 3)
     blocks = [f"blocks.{i}" for i in range(cfg.depth)]
     return Backbone("tiny_vit", model, preprocess, model.num_features, blocks, TIMM_VIT_TARGETS)

@@ -51,8 +51,6 @@ def load_weights(model: nn.Module, path: str | Path, ignore_prefixes: tuple[str,
             f"{tuple(state[k].shape)}, expected {tuple(own[k].shape)} ({len(wrong)} mismatched tensors)"
         )
     if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint={str(path)!r} does not fit the backbone: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
-        )
+        parts = [f"{len(keys)} {what} keys (e.g. {', '.join(keys[:3])})" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise CheckpointError(f"checkpoint={str(path)!r} does not fit the backbone: {'; '.join(parts)}")
     model.load_state_dict(state)

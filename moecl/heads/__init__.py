@@ -1,5 +1,5 @@
 """Classifier heads."""
-from moecl.heads.masked_linear import MaskedLinearHead
+from moecl.heads.linear import LinearHead
 from moecl.heads.prototype import PrototypeHead
 
-__all__ = ["MaskedLinearHead", "PrototypeHead"]
+__all__ = ["LinearHead", "PrototypeHead"]

@@ -1,20 +1,17 @@
-"""Nearest-class-mean head on frozen features."""
+"""Nearest-class-mean classifier: cosine similarity to stored class means."""
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class PrototypeHead(nn.Module):
-    """Cosine similarity to class means of frozen features (SimpleCIL-style)."""
+    """Class means of features, each stored once when its task ends and never updated."""
 
     def __init__(self, feature_dim: int, num_classes: int) -> None:
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(num_classes, feature_dim))
-        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
-
-    def add_classes(self, classes: list[int]) -> None:
-        self.seen[classes] = True
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> None:
@@ -22,4 +19,4 @@ class PrototypeHead(nn.Module):
             self.prototypes[c] = features[labels == c].mean(0)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(features, dim=-1) @ nn.functional.normalize(self.prototypes, dim=-1).t()
+        return F.normalize(features, dim=-1) @ F.normalize(self.prototypes, dim=-1).t()

@@ -11,11 +11,13 @@ from torch.nn import functional as F
 
 from moecl.backbones import Backbone
 from moecl.errors import ConfigError, TrainingDivergedError, check_choice, check_range
-from moecl.heads import MaskedLinearHead
+from moecl.heads import LinearHead, PrototypeHead
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 TRAIN_LOGITS = ("current", "seen")
+HEADS = ("linear", "cosine")
+CLASSIFIERS = ("head", "prototype")
 
 
 class ContinualMethod(L.LightningModule):
@@ -25,6 +27,11 @@ class ContinualMethod(L.LightningModule):
     (growth, freezing). ``before_experience`` must only change structure and
     trainability, deterministically from (t, classes): resuming replays it for every
     finished experience before loading the saved state.
+
+    Prediction uses the trained head, or with ``classifier: prototype`` the class
+    means of the (adapted) features, each stored when its task ends: old classes then
+    keep their decision rule, and forgetting measures how far the representation
+    drifted.
 
     Class attributes:
         frozen_features: inputs are precomputed backbone features (the runner caches them).
@@ -39,18 +46,22 @@ class ContinualMethod(L.LightningModule):
         self.cfg = cfg
         self.backbone = backbone
         self.num_classes = num_classes
-        self.head = self.build_head()
+        self.validate()
+        self.head = LinearHead(backbone.feature_dim, num_classes, cosine=cfg.head == "cosine", scale=cfg.head_scale) if self.needs_training else None
+        self.prototypes = PrototypeHead(backbone.feature_dim, num_classes) if cfg.classifier == "prototype" else None
         self.current_experience = -1
+        self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("train_classes", torch.zeros(num_classes, dtype=torch.bool))
         self._frozen_keys = {f"backbone.{k}" for k in backbone.state_dict()}
-        self.validate()
 
     # -- configuration -------------------------------------------------------
-    def build_head(self) -> nn.Module:
-        return MaskedLinearHead(self.backbone.feature_dim, self.num_classes)
-
     def validate(self) -> None:
         """Check the method's config; raise ConfigError naming the bad value."""
+        check_choice("method.classifier", self.cfg.classifier, CLASSIFIERS)
+        if not self.needs_training:
+            return
+        check_choice("method.head", self.cfg.head, HEADS)
+        check_range("method.head_scale", self.cfg.head_scale, low=0, low_inclusive=False)
         opt = self.cfg.optimizer
         check_choice("method.optimizer.name", opt.name, OPTIMIZERS)
         check_range("method.optimizer.lr", opt.lr, low=0, low_inclusive=False)
@@ -62,13 +73,21 @@ class ContinualMethod(L.LightningModule):
     def before_experience(self, experience: int, classes: list[int]) -> None:
         """Grow the head to ``classes``; subclasses add/freeze experts (structure only)."""
         self.current_experience = experience
-        self.head.add_classes(classes)
+        self.seen[classes] = True
         self.train_classes.zero_()
-        mode = self.cfg.train_logits
-        self.train_classes[classes if mode == "current" else self.head.seen] = True
+        self.train_classes[classes if self.cfg.train_logits == "current" else self.seen] = True
 
     def after_experience(self, experience: int, train_loader: torch.utils.data.DataLoader) -> None:
-        """Statistics, pruning or fitting after training on ``experience``."""
+        """After training on ``experience``: store its class prototypes (when they classify)."""
+        if self.prototypes is None:
+            return
+        self.eval()
+        feats, labels = [], []
+        with torch.no_grad():
+            for batch in train_loader:
+                feats.append(self.features(batch[0].to(self.device)))
+                labels.append(batch[1].to(self.device))
+        self.prototypes.fit(torch.cat(feats), torch.cat(labels))
 
     def on_evaluate_start(self, test_experience: int) -> None:
         """Called before evaluating a test experience (e.g. to start usage statistics)."""
@@ -92,8 +111,11 @@ class ContinualMethod(L.LightningModule):
         return x if self.frozen_features else self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits over every class of the stream (unmasked)."""
-        return self.head(self.features(x))
+        """Scores over every class of the stream (unmasked): the head while training, the classifier otherwise."""
+        features = self.features(x)
+        if self.prototypes is not None and not self.training:
+            return self.prototypes(features)
+        return self.head(features)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
@@ -108,14 +130,20 @@ class ContinualMethod(L.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError(f"method={self.cfg.name!r} has no trainable parameters in experience {self.current_experience + 1}")
         opt = self.cfg.optimizer
+        head = [p for p in self.head.parameters() if p.requires_grad] if self.head is not None else []
+        head_ids = {id(p) for p in head}
+        experts = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
+        if not head and not experts:
+            raise ConfigError(f"method={self.cfg.name!r} has no trainable parameters in experience {self.current_experience + 1}")
+        # The head starts from scratch each task while experts refine a pretrained model,
+        # so the head may take its own (usually larger) learning rate.
+        groups = [{"params": experts}, {"params": head, "lr": opt.get("head_lr") or opt.lr}]
+        groups = [g for g in groups if g["params"]]
         if opt.name == "adamw":
-            optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
         else:
-            optimizer = torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
         if self.cfg.scheduler == "constant":
             return {"optimizer": optimizer}
         steps = max(int(self.trainer.estimated_stepping_batches), 1)

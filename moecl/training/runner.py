@@ -52,7 +52,8 @@ def resolve_device(accelerator: str) -> torch.device:
 
 def fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that determines the numbers (not paths, logging or debug flags)."""
-    keep = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("backbone", "scenario", "method", "trainer", "seed", "mode") if k in cfg}
+    full = OmegaConf.to_container(cfg, resolve=True)
+    keep = {k: full[k] for k in ("backbone", "scenario", "method", "trainer", "seed", "mode") if k in full}
     keep["trainer"] = {k: v for k, v in keep.get("trainer", {}).items() if k not in ("progress_bar", "num_workers")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -155,7 +156,9 @@ class ContinualRunner:
         )
         try:
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                # Expected here: few workers on CPU, a frozen backbone kept in eval mode, short epochs.
+                for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*", ".*LeafSpec.*"):
+                    warnings.filterwarnings("ignore", pattern)
                 trainer.fit(self.method, train_dataloaders=loader)
         except torch.OutOfMemoryError as err:
             raise OutOfMemoryError(
@@ -187,7 +190,7 @@ class ContinualRunner:
             if self.stream.setting == "task_incremental" or forced_classes is not None:
                 allowed[classes] = True
             else:
-                allowed |= self.method.head.seen.to(self.device)
+                allowed |= self.method.seen.to(self.device)
             row.append(self._evaluate(j, allowed))
         return row
 

@@ -1,0 +1,87 @@
+"""Methods side by side on the same stream, backbone and epochs.
+
+    python benchmarks/cl_bench.py --scenario split_digits --methods mora seq_lora linear_probe prototype --seeds 0 1 2
+
+Each (method, seed) is one ``moecl.run.run`` in its own run directory under --out-dir
+(re-running resumes or reuses finished runs). Writes benchmarks/results/cl_<scenario>.json
+with every run's metrics and the mean/std table, and prints the table as markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from moecl.run import compose_config, run
+from moecl.training.atomic import write_json
+
+COLUMNS = (
+    ("last_accuracy", "last acc"),
+    ("average_incremental_accuracy", "avg inc acc"),
+    ("forgetting", "forgetting"),
+    ("bwt", "BWT"),
+)
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(scenario: str, rows: dict[str, list[dict]]) -> str:
+    head = "| method | " + " | ".join(label for _, label in COLUMNS) + " | trainable params | wall time (s) |"
+    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]
+    for method, runs in rows.items():
+        cells = [mean_std([r[key] for r in runs]) for key, _ in COLUMNS]
+        trainable = runs[0]["params"]["trainable_per_experience"]
+        tp = str(trainable[-1]) if trainable else "0"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {tp} | {mean_std([r['wall_time_s'] for r in runs])} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default="split_digits")
+    parser.add_argument("--methods", nargs="+", default=["mora", "seq_lora", "linear_probe", "prototype"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
+    parser.add_argument("--out-dir", default="outputs/cl_bench")
+    parser.add_argument("--results", default="benchmarks/results")
+    args = parser.parse_args()
+
+    rows: dict[str, list[dict]] = {}
+    for method in args.methods:
+        for seed in args.seeds:
+            overrides = [f"scenario={args.scenario}", f"method={method}", f"seed={seed}",
+                         "trainer.progress_bar=false", "print_report=false", *args.overrides]
+            began = time.time()
+            metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario, method, f"seed{seed}"))
+            metrics["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rows.setdefault(method, []).append(metrics)
+            print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting']:.1f} ({time.time() - began:.0f}s)", flush=True)
+    md = table(args.scenario, rows)
+    out = Path(args.results, f"cl_{args.scenario}.json")
+    write_json(out, {
+        "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
+        "table_markdown": md,
+        "runs": {m: [{k: r[k] for k in ("seed", "accuracy_matrix", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "params", "wall_time_s", "experts")} for r in runs] for m, runs in rows.items()},
+    })
+    print(md)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
