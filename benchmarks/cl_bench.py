@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -69,7 +68,6 @@ def main() -> None:
                          "trainer.progress_bar=false", "print_report=false", *args.overrides]
             began = time.time()
             metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario, method, f"seed{seed}"))
-            metrics["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             rows.setdefault(method, []).append(metrics)
             print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting']:.1f} ({time.time() - began:.0f}s)", flush=True)
     md = table(args.scenario, rows)

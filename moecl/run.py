@@ -6,6 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from moecl.backbones import build_backbone
@@ -56,6 +57,8 @@ def run(cfg: DictConfig, benchmark: object | None = None, run_dir: str | Path | 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
+    # Heads and injected experts are initialised from the global generator: seed it first.
+    L.seed_everything(int(cfg.seed), verbose=False)
     stream: TaskStream = build_stream(cfg.scenario) if benchmark is None else stream_from_benchmark(benchmark, cfg.scenario.setting)
     backbone = build_backbone(cfg.backbone)
     method = build_method(cfg.method, backbone, stream.num_classes)

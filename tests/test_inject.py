@@ -78,3 +78,14 @@ def test_wrapped_layers_finds_every_wrapper():
     inject(bb.model, ["fc1"], lambda m: LoRALinear(m, rank=2))
     assert sorted(wrapped_layers(bb.model, LoRALinear)) == ["blocks.0.mlp.fc1", "blocks.1.mlp.fc1"]
     assert all(not p.requires_grad for n, p in bb.named_parameters() if "lora_" not in n)
+
+
+def test_experts_follow_the_mode_while_pretrained_modules_stay_in_eval():
+    bb = tiny_vit()
+    inject(bb.model, ["fc1"], lambda m: LoRALinear(m, rank=2, dropout=0.5))
+    bb.train()
+    wrappers = wrapped_layers(bb.model, LoRALinear)
+    assert all(w.training for w in wrappers.values())
+    assert not bb.model.blocks[0].attn.training and not bb.model.training
+    bb.eval()
+    assert not any(w.training for w in wrappers.values())

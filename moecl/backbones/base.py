@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from moecl.experts.wrapper import ExpertWrapper
+
 
 class ImagePreprocess(nn.Module):
     """Batch-level input adapter: any scenario's images -> the backbone's input.
@@ -67,10 +69,13 @@ class Backbone(nn.Module):
         self.model.eval()
 
     def train(self, mode: bool = True) -> "Backbone":
-        # The pretrained weights stay in eval mode (dropout, norm statistics) whatever
-        # Lightning does; injected experts are trained through their own parameters.
+        # Pretrained modules stay in eval mode (dropout, norm statistics) whatever the
+        # method's mode; injected expert wrappers follow it.
         super().train(mode)
         self.model.eval()
+        for module in self.model.modules():
+            if isinstance(module, ExpertWrapper):
+                module.train(mode)
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,14 +6,14 @@ import math
 import torch
 from torch import nn
 
+from moecl.experts.wrapper import ExpertWrapper
 
-class LoRALinear(nn.Module):
+
+class LoRALinear(ExpertWrapper):
     """A frozen nn.Linear plus one low-rank update."""
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float | None = None, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.base_layer.requires_grad_(False)
+        super().__init__(base_layer)
         self.rank = rank
         self.scaling = (alpha if alpha is not None else rank) / rank
         w = base_layer.weight

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from moecl.experts.wrapper import ExpertWrapper
 from moecl.kernels import rank_gate, sparse_rank_activation
 
 
-class Rank1Linear(nn.Module):
+class Rank1Linear(ExpertWrapper):
     """A frozen nn.Linear plus rank-1 atoms gated by their own normalised activation.
 
     Args:
@@ -37,9 +38,7 @@ class Rank1Linear(nn.Module):
         prune_in_training: bool = False,
         backend: str = "auto",
     ) -> None:
-        super().__init__()
-        self.base_layer = base_layer
-        self.base_layer.requires_grad_(False)
+        super().__init__(base_layer)
         self.top_k = top_k
         self.tau = tau
         self.delta = delta if delta and delta > 0 else None

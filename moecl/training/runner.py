@@ -159,6 +159,8 @@ class ContinualRunner:
                 # Expected here: few workers on CPU, a frozen backbone kept in eval mode, short epochs.
                 for pattern in (".*does not have many workers.*", ".*module\\(s\\) in eval mode.*", ".*smaller than the logging interval.*", ".*LeafSpec.*"):
                     warnings.filterwarnings("ignore", pattern)
+                # Lightning keeps each module's mode; evaluation left the method in eval mode.
+                self.method.train()
                 trainer.fit(self.method, train_dataloaders=loader)
         except torch.OutOfMemoryError as err:
             raise OutOfMemoryError(
