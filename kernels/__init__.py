@@ -5,11 +5,18 @@ is stable: the torch reference serves CPUs, the Triton kernels serve CUDA tensor
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from moecl.kernels.reference import rank_gate, sparse_rank_activation_reference
 
 BACKENDS = ("auto", "torch", "triton")
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def triton_available() -> bool:
@@ -53,6 +60,8 @@ def sparse_rank_activation(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of: {', '.join(BACKENDS)}")
+    if backend == "triton" and not (x.is_cuda or interpreting()):
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for testing); use backend='auto' or 'torch'")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     g2 = None if gate is None else gate.reshape(-1, gate.shape[-1])
@@ -66,4 +75,4 @@ def sparse_rank_activation(
     return y.reshape(*lead, y.shape[-1])
 
 
-__all__ = ["BACKENDS", "rank_gate", "sparse_rank_activation", "sparse_rank_activation_reference", "triton_available"]
+__all__ = ["BACKENDS", "interpreting", "rank_gate", "sparse_rank_activation", "sparse_rank_activation_reference", "triton_available"]

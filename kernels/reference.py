@@ -18,8 +18,10 @@ def rank_gate(p: torch.Tensor, top_k: int, tau: float, delta: float | None = Non
     """
     p_hat = F.normalize(p, p=2, dim=-1)
     k = min(top_k, p.shape[-1])
-    values, index = torch.topk(p_hat, k, dim=-1)
-    masked = torch.full_like(p_hat, float("-inf")).scatter(-1, index, values)
+    # A stable sort breaks ties towards the lower atom index (torch.topk leaves it
+    # unspecified); the Triton kernel does the same, so both pick the same atoms.
+    index = torch.sort(p_hat, dim=-1, descending=True, stable=True).indices[..., :k]
+    masked = torch.full_like(p_hat, float("-inf")).scatter(-1, index, p_hat.gather(-1, index))
     w = torch.softmax(masked / tau, dim=-1)
     if delta is not None:
         w = w * (p_hat >= delta).to(w.dtype)

@@ -8,7 +8,7 @@ from moecl.backbones import Backbone
 from moecl.errors import ConfigError, check_range
 from moecl.experts.inject import inject, wrapped_layers
 from moecl.experts.rank1 import Rank1Linear, RankUsage
-from moecl.kernels import BACKENDS
+from moecl.kernels import BACKENDS, interpreting
 from moecl.methods.base import ContinualMethod
 from moecl.methods.registry import register
 from moecl.methods.targets import resolve_targets
@@ -44,6 +44,8 @@ class MoRA(ContinualMethod):
             check_range("method.delta", cfg.delta, low=0, high=1)
         if cfg.kernel not in BACKENDS:
             raise ConfigError(f"method.kernel={cfg.kernel!r} is not allowed; choose one of: {', '.join(BACKENDS)}")
+        if cfg.kernel == "triton" and not (torch.cuda.is_available() or interpreting()):
+            raise ConfigError("method.kernel='triton' needs a CUDA GPU; use method.kernel=auto (Triton on GPU, torch on CPU) or torch")
 
     def before_experience(self, experience: int, classes: list[int]) -> None:
         super().before_experience(experience, classes)
