@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
     parser.add_argument("--out-dir", default="outputs/cl_bench")
     parser.add_argument("--results", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the results file (e.g. lr2e-3)")
     args = parser.parse_args()
 
     rows: dict[str, list[dict]] = {}
@@ -67,11 +68,11 @@ def main() -> None:
             overrides = [f"scenario={args.scenario}", f"method={method}", f"seed={seed}",
                          "trainer.progress_bar=false", "print_report=false", *args.overrides]
             began = time.time()
-            metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario, method, f"seed{seed}"))
+            metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario + args.tag, method, f"seed{seed}"))
             rows.setdefault(method, []).append(metrics)
             print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting']:.1f} ({time.time() - began:.0f}s)", flush=True)
     md = table(args.scenario, rows)
-    out = Path(args.results, f"cl_{args.scenario}.json")
+    out = Path(args.results, f"cl_{args.scenario}{'_' + args.tag if args.tag else ''}.json")
     write_json(out, {
         "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
         "table_markdown": md,

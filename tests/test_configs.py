@@ -114,3 +114,25 @@ def test_bad_scenario_values_fail_in_one_line(override, message):
 
 def test_registry_names_every_scenario():
     assert {"split_digits", "split_fmnist", "split_cifar100", "image_folder"} <= set(SCENARIOS.names())
+
+
+def test_hub_weights_offline_fail_in_one_line(monkeypatch):
+    from moecl.errors import CheckpointError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError) as err:
+        build_backbone(compose_config(["backbone=timm", "backbone.model=vit_tiny_patch16_224"]).backbone)
+    assert "backbone.checkpoint" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_local_checkpoint_loads_into_timm_backbone(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "w.safetensors")
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        bb = build_backbone(compose_config(["backbone=timm", "backbone.model=vit_tiny_patch16_224", f"backbone.checkpoint={tmp_path / name}"]).backbone)
+        torch.testing.assert_close(bb.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
@@ -54,7 +55,7 @@ def fingerprint(cfg: DictConfig) -> str:
     """Hash of everything that determines the numbers (not paths, logging or debug flags)."""
     full = OmegaConf.to_container(cfg, resolve=True)
     keep = {k: full[k] for k in ("backbone", "scenario", "method", "trainer", "seed", "mode") if k in full}
-    keep["trainer"] = {k: v for k, v in keep.get("trainer", {}).items() if k not in ("progress_bar", "num_workers")}
+    keep["trainer"] = {k: v for k, v in keep.get("trainer", {}).items() if k not in ("progress_bar", "num_workers", "tensorboard")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -147,7 +148,7 @@ class ContinualRunner:
             devices=1,
             precision=tc.precision,
             gradient_clip_val=tc.gradient_clip_val,
-            logger=CSVLogger(self.run_dir, name="logs", version=f"experience_{experience + 1}"),
+            logger=self._loggers(experience),
             enable_checkpointing=False,
             enable_progress_bar=tc.progress_bar,
             enable_model_summary=False,
@@ -167,6 +168,14 @@ class ContinualRunner:
                 f"out of memory on {self.device} in experience {experience + 1} with trainer.batch_size={tc.batch_size}; "
                 "lower trainer.batch_size or use trainer.precision=bf16-mixed"
             ) from err
+
+    def _loggers(self, experience: int) -> list:
+        """Lightning's CSV logger, plus TensorBoard when it is installed."""
+        version = f"experience_{experience + 1}"
+        loggers = [CSVLogger(self.run_dir, name="logs", version=version)]
+        if self.trainer_cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            loggers.append(TensorBoardLogger(self.run_dir, name="tensorboard", version=version))
+        return loggers
 
     @torch.no_grad()
     def _evaluate(self, j: int, allowed: torch.Tensor) -> float:
