@@ -77,6 +77,18 @@ class ContinualMethod(L.LightningModule):
         self.train_classes.zero_()
         self.train_classes[classes if self.cfg.train_logits == "current" else self.seen] = True
 
+    def fit_experience(self, experience: int, loader: torch.utils.data.DataLoader, fit) -> None:
+        """Train on ``experience``: ``fit(loader, max_epochs=None)`` runs one Lightning fit.
+
+        Methods with stages (SEMA: detect, expand, train adapter, train descriptor) call it
+        several times with their own trainable parameters.
+        """
+        fit(loader)
+
+    def learning_rate(self) -> float:
+        """Learning rate of the expert parameters in the current fit."""
+        return self.cfg.optimizer.lr
+
     def after_experience(self, experience: int, train_loader: torch.utils.data.DataLoader) -> None:
         """After training on ``experience``: store its class prototypes (when they classify)."""
         if self.prototypes is None:
@@ -138,12 +150,13 @@ class ContinualMethod(L.LightningModule):
             raise ConfigError(f"method={self.cfg.name!r} has no trainable parameters in experience {self.current_experience + 1}")
         # The head starts from scratch each task while experts refine a pretrained model,
         # so the head may take its own (usually larger) learning rate.
-        groups = [{"params": experts}, {"params": head, "lr": opt.get("head_lr") or opt.lr}]
+        lr = self.learning_rate()
+        groups = [{"params": experts}, {"params": head, "lr": opt.get("head_lr") or lr}]
         groups = [g for g in groups if g["params"]]
         if opt.name == "adamw":
-            optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
+            optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(opt.betas), weight_decay=opt.weight_decay)
         else:
-            optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
         if self.cfg.scheduler == "constant":
             return {"optimizer": optimizer}
         steps = max(int(self.trainer.estimated_stepping_batches), 1)

@@ -58,6 +58,22 @@ def rank_usage_png(usage: list[dict]) -> bytes:
     return _png(fig)
 
 
+def expansion_png(per_experience: list[dict]) -> bytes:
+    """Adapters per layer after each task (SEMA)."""
+    layers = list(per_experience[0]["adapters_per_layer"])
+    tasks = range(1, len(per_experience) + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for layer in layers:
+        ax.plot(tasks, [e["adapters_per_layer"][layer] for e in per_experience], marker="o", label=layer)
+    ax.plot(tasks, list(tasks), color="grey", linestyle=":", label="one per task")
+    ax.set_xlabel("after task")
+    ax.set_ylabel("adapters")
+    ax.set_xticks(list(tasks))
+    ax.legend(fontsize=7)
+    ax.set_title("SEMA expansion")
+    return _png(fig)
+
+
 def report_md(metrics: dict, config_yaml: str) -> str:
     rows = metrics["accuracy_matrix"]
     lines = [
@@ -103,4 +119,7 @@ def write_run_files(run_dir: str | Path, metrics: dict, config_yaml: str) -> Non
     usage = [exp["usage"] for exp in metrics["experts"]["per_experience"] if exp.get("usage")]
     if usage:
         write_bytes(run_dir / "rank_usage.png", rank_usage_png(usage))
+    per_experience = metrics["experts"]["per_experience"]
+    if per_experience and "adapters_per_layer" in per_experience[0]:
+        write_bytes(run_dir / "expansion.png", expansion_png(per_experience))
     write_text(run_dir / "report.md", report_md(metrics, config_yaml))

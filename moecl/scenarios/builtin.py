@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
-from moecl.errors import DataNotFoundError, check_range
+from moecl.errors import ConfigError, DataNotFoundError, check_range
 from moecl.scenarios.registry import ClassSplitData, register
 
 FMNIST_PACKAGE = "dataset-fashion-mnist"
@@ -26,16 +26,50 @@ def _tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     return TensorDataset(x, torch.as_tensor(labels, dtype=torch.long))
 
 
+def _digits_arrays(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    check_range("scenario.test_fraction", cfg.test_fraction, low=0, high=1, low_inclusive=False)
+    data = load_digits()
+    return train_test_split(data.images / 16.0, data.target, test_size=cfg.test_fraction, stratify=data.target, random_state=cfg.split_seed)
+
+
 @register("split_digits")
 def digits(cfg: DictConfig) -> ClassSplitData:
     """sklearn's bundled 8x8 digits (1797 images, 10 classes); a stratified split."""
-    check_range("scenario.test_fraction", cfg.test_fraction, low=0, high=1, low_inclusive=False)
-    data = load_digits()
-    images = data.images / 16.0
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        images, data.target, test_size=cfg.test_fraction, stratify=data.target, random_state=cfg.split_seed
-    )
+    x_tr, x_te, y_tr, y_te = _digits_arrays(cfg)
     return ClassSplitData(_tensor_dataset(x_tr, y_tr), _tensor_dataset(x_te, y_te), 10, [str(i) for i in range(10)])
+
+
+DOMAINS = {
+    "original": lambda x: x,
+    "inverted": lambda x: 1.0 - x,
+    "rotated": lambda x: np.rot90(x, k=1, axes=(-2, -1)),
+    "flipped": lambda x: x[..., ::-1],
+}
+
+
+@register("shifted_digits")
+def shifted_digits(cfg: DictConfig) -> ClassSplitData:
+    """Digits whose experiences alternate between input domains (``scenario.domains``).
+
+    Experience i holds its classes drawn in domain ``domains[i]`` (train and test), so
+    domains repeat along the stream: a self-expanding method should grow on a new
+    domain and reuse its adapters when a domain comes back.
+    """
+    from moecl.scenarios.stream import experience_classes
+
+    unknown = [d for d in cfg.domains if d not in DOMAINS]
+    if unknown:
+        raise ConfigError(f"scenario.domains has {unknown[0]!r}; allowed: {', '.join(DOMAINS)}")
+    if len(cfg.domains) != cfg.num_experiences:
+        raise ConfigError(f"scenario.domains has {len(cfg.domains)} entries; it needs one per experience ({cfg.num_experiences})")
+    x_tr, x_te, y_tr, y_te = _digits_arrays(cfg)
+    _, per_exp = experience_classes(10, cfg)
+    for classes, domain in zip(per_exp, cfg.domains):
+        for x, y in ((x_tr, y_tr), (x_te, y_te)):
+            rows = np.isin(y, classes)
+            x[rows] = DOMAINS[domain](x[rows])
+    names = [f"{c} ({cfg.domains[i]})" for c in range(10) for i, cl in enumerate(per_exp) if c in cl]
+    return ClassSplitData(_tensor_dataset(x_tr, y_tr), _tensor_dataset(x_te, y_te), 10, names)
 
 
 def read_idx(path: Path) -> np.ndarray:

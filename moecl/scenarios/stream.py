@@ -50,24 +50,28 @@ def class_order_for(num_classes: int, seed: int | None) -> list[int]:
     return np.random.default_rng(seed).permutation(num_classes).tolist()
 
 
+def experience_classes(num_classes: int, cfg: DictConfig) -> tuple[list[int], list[list[int]]]:
+    """The class order (``class_order`` or from ``class_order_seed``) and the classes of each experience."""
+    check_range("scenario.num_experiences", cfg.num_experiences, low=1, high=num_classes, integer=True)
+    if cfg.class_order is not None:
+        order = [int(c) for c in cfg.class_order]
+        if sorted(order) != list(range(num_classes)):
+            raise ConfigError(f"scenario.class_order={order} must be a permutation of 0..{num_classes - 1}")
+    else:
+        order = class_order_for(num_classes, cfg.class_order_seed)
+    bounds = np.cumsum([0, *classes_per_split(num_classes, cfg.num_experiences)])
+    return order, [order[bounds[i] : bounds[i + 1]] for i in range(cfg.num_experiences)]
+
+
 def split_by_class(data: ClassSplitData, cfg: DictConfig) -> TaskStream:
     """Split ``data`` into ``cfg.num_experiences`` experiences of disjoint classes."""
     check_choice("scenario.setting", cfg.setting, SETTINGS)
-    check_range("scenario.num_experiences", cfg.num_experiences, low=1, high=data.num_classes, integer=True)
-    if cfg.class_order is not None:
-        order = [int(c) for c in cfg.class_order]
-        if sorted(order) != list(range(data.num_classes)):
-            raise ConfigError(f"scenario.class_order={order} must be a permutation of 0..{data.num_classes - 1}")
-    else:
-        order = class_order_for(data.num_classes, cfg.class_order_seed)
-    sizes = classes_per_split(data.num_classes, cfg.num_experiences)
+    order, per_exp = experience_classes(data.num_classes, cfg)
     benchmark = class_incremental_benchmark(
-        {"train": data.train, "test": data.test}, class_order=order, num_classes_per_exp=sizes
+        {"train": data.train, "test": data.test}, class_order=order, num_classes_per_exp=[len(c) for c in per_exp]
     )
     if cfg.setting == "task_incremental":
         benchmark = task_incremental_benchmark(benchmark, reset_task_labels=True)
-    bounds = np.cumsum([0, *sizes])
-    per_exp = [order[bounds[i] : bounds[i + 1]] for i in range(len(sizes))]
     return TaskStream(benchmark, cfg.setting, per_exp, order, list(data.class_names))
 
 

@@ -106,10 +106,10 @@ class ContinualRunner:
             L.seed_everything(self.seed + t, workers=True, verbose=False)
             classes = self.stream.classes_per_experience[t]
             self.method.before_experience(t, classes)
-            progress.trainable.append(self.method.trainable_parameters())
             loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
-            self._fit(t, loader)
+            self.method.fit_experience(t, loader, lambda data, max_epochs=None, t=t: self._fit(t, data, max_epochs))
             self.method.after_experience(t, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
+            progress.trainable.append(self.method.trainable_parameters())
             progress.rows.append(self._evaluate_all())
             progress.experts.append(self.method.expert_stats())
             progress.wall_time_s += time.perf_counter() - began
@@ -126,10 +126,11 @@ class ContinualRunner:
             return Progress(), 0
         ckpt = load_checkpoint(self.checkpoint_path, self.fingerprint)
         done = int(ckpt["experience"]) + 1
+        self.method.load_extra_state(ckpt["extra"])  # first: growth decisions drive the replay
         for t in range(done):
             self.method.before_experience(t, self.stream.classes_per_experience[t])
         load_method_state(self.method, ckpt["state"], self.checkpoint_path)
-        self.method.load_extra_state(ckpt["extra"])
+        self.method.load_extra_state(ckpt["extra"])  # again: the replay moved current_experience
         log.info("resuming %s after experience %d of %d", self.run_dir, done, self.stream.num_experiences)
         return Progress(**ckpt["progress"]), done
 
@@ -138,12 +139,14 @@ class ContinualRunner:
         self._train_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._train_sets]
         self._test_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._test_sets]
 
-    def _fit(self, experience: int, loader: DataLoader) -> None:
-        if not self.method.needs_training or self.trainer_cfg.max_epochs == 0:
-            return
+    def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None) -> None:
+        """One Lightning fit of the method on ``loader`` (``max_epochs`` defaults to trainer.max_epochs)."""
         tc = self.trainer_cfg
+        epochs = tc.max_epochs if max_epochs is None else max_epochs
+        if not self.method.needs_training or epochs == 0:
+            return
         trainer = L.Trainer(
-            max_epochs=tc.max_epochs,
+            max_epochs=epochs,
             accelerator="gpu" if self.device.type == "cuda" else "cpu",
             devices=1,
             precision=tc.precision,
@@ -211,10 +214,11 @@ class ContinualRunner:
         L.seed_everything(self.seed, workers=True, verbose=False)
         classes = sorted(c for exp in self.stream.classes_per_experience for c in exp)
         self.method.before_experience(0, classes)
-        progress.trainable.append(self.method.trainable_parameters())
         data = joint(self._train_sets)
-        self._fit(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed, num_workers=self.trainer_cfg.num_workers))
+        loader = make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed, num_workers=self.trainer_cfg.num_workers)
+        self.method.fit_experience(0, loader, lambda d, max_epochs=None: self._fit(0, d, max_epochs))
         self.method.after_experience(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
+        progress.trainable.append(self.method.trainable_parameters())
         progress.rows.append(self._evaluate_all())
         progress.experts.append(self.method.expert_stats())
         progress.wall_time_s += time.perf_counter() - began
