@@ -51,10 +51,11 @@ class RepresentationDescriptor(nn.Module):
     def record(self, losses: torch.Tensor) -> None:
         """Keep the last ``buffer_size`` losses (a ring buffer)."""
         size = self.losses.numel()
-        values = losses.detach().flatten().to(self.losses.dtype)[-size:]
-        slots = (int(self.filled) + torch.arange(values.numel(), device=values.device)) % size
-        self.losses[slots] = values
-        self.filled += values.numel()
+        flat = losses.detach().flatten().to(self.losses.dtype)
+        values = flat[-size:]
+        start = int(self.filled) + flat.numel() - values.numel()
+        self.losses[(start + torch.arange(values.numel(), device=values.device)) % size] = values
+        self.filled += flat.numel()
 
     def zscore(self, losses: torch.Tensor) -> torch.Tensor:
         """|(loss - mean) / std| against the recorded losses."""

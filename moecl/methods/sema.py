@@ -45,7 +45,7 @@ class SEMA(ContinualMethod):
     def validate(self) -> None:
         super().validate()
         cfg = self.cfg
-        check_range("method.threshold", cfg.threshold, low=0, low_inclusive=False)
+        check_range("method.threshold", cfg.threshold, low=0)  # 0: expand every layer every task (an ablation)
         check_range("method.bottleneck", cfg.bottleneck, low=1, integer=True)
         check_range("method.buffer_size", cfg.buffer_size, low=2, integer=True)
         check_range("method.rd_epochs", cfg.rd_epochs, low=1, integer=True)
