@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from moecl.backbones import build_backbone
 from moecl.errors import ConfigError
@@ -29,6 +31,20 @@ def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
 
     with initialize_config_module(config_module="moecl.conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def resolved(cfg: DictConfig) -> DictConfig:
+    """``cfg`` with every interpolation resolved; a missing required value is one line."""
+    try:
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is required (it is ??? in the config); set {err.full_key}=<value>") from err
+    except InterpolationResolutionError as err:
+        missing = re.search(r"Missing mandatory value: ([\w.]+)", str(err))
+        if missing:
+            key = missing.group(1)
+            raise ConfigError(f"{key} is required by {err.full_key}; set {key}=<value>") from err
+        raise ConfigError(f"{err.full_key}: {str(err).splitlines()[0]}") from err
 
 
 def _default_run_dir() -> Path:
@@ -54,6 +70,7 @@ def run(cfg: DictConfig, benchmark: object | None = None, run_dir: str | Path | 
     """
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"cfg must be an omegaconf DictConfig (use moecl.run.compose_config), got {type(cfg).__name__}")
+    cfg = resolved(cfg)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
@@ -61,7 +78,7 @@ def run(cfg: DictConfig, benchmark: object | None = None, run_dir: str | Path | 
     L.seed_everything(int(cfg.seed), verbose=False)
     stream: TaskStream = build_stream(cfg.scenario) if benchmark is None else stream_from_benchmark(benchmark, cfg.scenario.setting)
     backbone = build_backbone(cfg.backbone)
-    method = build_method(cfg.method, backbone, stream.num_classes)
+    method = build_method(cfg.method, backbone, stream.num_classes, stream.class_names or None)
     runner = ContinualRunner(method, stream, cfg, run_dir)
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     write_text(run_dir / "config.yaml", config_yaml)

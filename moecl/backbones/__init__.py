@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from moecl.backbones import vit  # noqa: F401  (fills the registry)
+from moecl.backbones import clip, vit  # noqa: F401  (fill the registry)
 from moecl.backbones.base import Backbone, ImagePreprocess
 from moecl.backbones.registry import BACKBONES, register
 

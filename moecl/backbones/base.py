@@ -65,6 +65,7 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.block_names = list(block_names or [])
         self.default_targets = list(default_targets or [])
+        self.towers = {"image": ""}  # tower -> name prefix of its modules inside `model`
         self.model.requires_grad_(False)
         self.model.eval()
 

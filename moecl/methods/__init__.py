@@ -4,14 +4,14 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from moecl.backbones import Backbone
-from moecl.methods import mora, probes, sema, seq_lora  # noqa: F401  (fill the registry)
+from moecl.methods import mora, probes, sema, seq_lora, zero_shot  # noqa: F401  (fill the registry)
 from moecl.methods.base import ContinualMethod
 from moecl.methods.registry import METHODS, register
 
 
-def build_method(cfg: DictConfig, backbone: Backbone, num_classes: int) -> ContinualMethod:
-    """Build the method named by ``cfg.name`` around ``backbone``."""
-    return METHODS.get(cfg.name)(backbone, num_classes, cfg)
+def build_method(cfg: DictConfig, backbone: Backbone, num_classes: int, class_names: list[str] | None = None) -> ContinualMethod:
+    """Build the method named by ``cfg.name`` around ``backbone`` (class names feed text heads)."""
+    return METHODS.get(cfg.name)(backbone, num_classes, cfg, class_names)
 
 
 __all__ = ["METHODS", "ContinualMethod", "build_method", "register"]

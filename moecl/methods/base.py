@@ -11,12 +11,12 @@ from torch.nn import functional as F
 
 from moecl.backbones import Backbone
 from moecl.errors import ConfigError, TrainingDivergedError, check_choice, check_range
-from moecl.heads import LinearHead, PrototypeHead
+from moecl.heads import LinearHead, PrototypeHead, TextHead
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULERS = ("cosine", "constant")
 TRAIN_LOGITS = ("current", "seen")
-HEADS = ("linear", "cosine")
+HEADS = ("linear", "cosine", "text")
 CLASSIFIERS = ("head", "prototype")
 
 
@@ -41,13 +41,13 @@ class ContinualMethod(L.LightningModule):
     frozen_features = False
     needs_training = True
 
-    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
         self.num_classes = num_classes
         self.validate()
-        self.head = LinearHead(backbone.feature_dim, num_classes, cosine=cfg.head == "cosine", scale=cfg.head_scale) if self.needs_training else None
+        self.head = self.build_head(class_names)
         self.prototypes = PrototypeHead(backbone.feature_dim, num_classes) if cfg.classifier == "prototype" else None
         self.current_experience = -1
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
@@ -55,13 +55,27 @@ class ContinualMethod(L.LightningModule):
         self._frozen_keys = {f"backbone.{k}" for k in backbone.state_dict()}
 
     # -- configuration -------------------------------------------------------
+    def build_head(self, class_names: list[str] | None) -> nn.Module | None:
+        head = self.cfg.get("head")
+        if head == "text":
+            if not hasattr(self.backbone, "encode_text"):
+                raise ConfigError(f"method.head='text' needs a backbone with a text tower (openclip); {self.backbone.name} has none")
+            if not class_names or len(class_names) != self.num_classes:
+                raise ConfigError("method.head='text' needs the scenario's class names; this stream has none")
+            return TextHead(self.backbone, class_names, list(self.cfg.templates))
+        if not self.needs_training:
+            return None
+        return LinearHead(self.backbone.feature_dim, self.num_classes, cosine=head == "cosine", scale=self.cfg.head_scale)
+
     def validate(self) -> None:
         """Check the method's config; raise ConfigError naming the bad value."""
         check_choice("method.classifier", self.cfg.classifier, CLASSIFIERS)
+        if self.cfg.get("head") is not None:
+            check_choice("method.head", self.cfg.head, HEADS)
         if not self.needs_training:
             return
-        check_choice("method.head", self.cfg.head, HEADS)
-        check_range("method.head_scale", self.cfg.head_scale, low=0, low_inclusive=False)
+        if self.cfg.head != "text":
+            check_range("method.head_scale", self.cfg.head_scale, low=0, low_inclusive=False)
         opt = self.cfg.optimizer
         check_choice("method.optimizer.name", opt.name, OPTIMIZERS)
         check_range("method.optimizer.lr", opt.lr, low=0, low_inclusive=False)
@@ -127,6 +141,8 @@ class ContinualMethod(L.LightningModule):
         features = self.features(x)
         if self.prototypes is not None and not self.training:
             return self.prototypes(features)
+        if isinstance(self.head, TextHead):
+            return self.head(features, self.train_classes if self.training else None)
         return self.head(features)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:

@@ -18,12 +18,12 @@ from moecl.methods.targets import resolve_targets
 class MoRA(ContinualMethod):
     """Each task appends ``rank_per_task`` atoms to every target layer and freezes older ones."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig) -> None:
-        super().__init__(backbone, num_classes, cfg)
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
+        super().__init__(backbone, num_classes, cfg, class_names)
         delta = cfg.delta if cfg.delta else None
         inject(
             backbone.model,
-            resolve_targets(backbone, cfg.targets),
+            resolve_targets(backbone, cfg.targets, cfg.get("towers", ["image"])),
             lambda m: Rank1Linear(m, cfg.top_k, cfg.tau, delta, cfg.prune_in_training, cfg.kernel),
         )
         self.layers = wrapped_layers(backbone.model, Rank1Linear)

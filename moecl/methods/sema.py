@@ -23,8 +23,8 @@ class SEMA(ContinualMethod):
     """Adapters parallel to each block's MLP; a layer gains an adapter only where every
     existing descriptor sees the new task's data as shifted (mean z > threshold)."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig) -> None:
-        super().__init__(backbone, num_classes, cfg)
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
+        super().__init__(backbone, num_classes, cfg, class_names)
         if not backbone.block_names:
             raise ConfigError(f"backbone {backbone.name!r} names no transformer blocks; SEMA needs them to place adapters")
         check_range("method.expandable_layers", cfg.expandable_layers, low=0, high=len(backbone.block_names), integer=True)

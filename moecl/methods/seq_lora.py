@@ -16,10 +16,10 @@ from moecl.methods.targets import resolve_targets
 class SequentialLoRA(ContinualMethod):
     """The forgetting baseline: the same LoRA weights keep adapting to each new task."""
 
-    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig) -> None:
-        super().__init__(backbone, num_classes, cfg)
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
+        super().__init__(backbone, num_classes, cfg, class_names)
         check_range("method.rank", cfg.rank, low=1, integer=True)
-        inject(backbone.model, resolve_targets(backbone, cfg.targets), lambda m: LoRALinear(m, cfg.rank, cfg.alpha, cfg.dropout))
+        inject(backbone.model, resolve_targets(backbone, cfg.targets, cfg.get("towers", ["image"])), lambda m: LoRALinear(m, cfg.rank, cfg.alpha, cfg.dropout))
 
     def expert_stats(self) -> dict:
         return {"lora_layers": len(wrapped_layers(self.backbone, LoRALinear)), "rank": self.cfg.rank}

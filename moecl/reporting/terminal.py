@@ -39,6 +39,8 @@ def summary_table(metrics: dict) -> Table:
     for key, label in SUMMARY_KEYS:
         if key in metrics and metrics[key] is not None:
             table.add_row(label, _fmt(metrics[key]))
+    for name, ood in (metrics.get("out_of_domain") or {}).items():
+        table.add_row(f"out-of-domain {name}: zero-shot -> last (%)", f"{ood['zero_shot']:.2f} -> {_fmt(ood['after_experience'][-1] if ood['after_experience'] else None)}")
     params = metrics["params"]
     table.add_row("trainable params (last experience)", _fmt(params["trainable_per_experience"][-1] if params["trainable_per_experience"] else None))
     table.add_row("backbone params (frozen)", _fmt(params["backbone"]))

@@ -12,6 +12,7 @@ from moecl.errors import ConfigError, check_choice, check_range
 from moecl.scenarios.registry import ClassSplitData
 
 SETTINGS = ("class_incremental", "task_incremental")
+# also produced by multi-domain streams: "all_classes" (predict over every class of the stream)
 
 
 @dataclass
@@ -23,6 +24,8 @@ class TaskStream:
     classes_per_experience: list[list[int]]
     class_order: list[int]
     class_names: list[str] = field(default_factory=list)
+    domains: list[str] = field(default_factory=list)  # multi-domain streams: the domain of each experience
+    held_out: list[tuple] = field(default_factory=list)  # (name, test dataset, classes), never trained on
 
     @property
     def num_experiences(self) -> int:
@@ -30,7 +33,8 @@ class TaskStream:
 
     @property
     def num_classes(self) -> int:
-        return 1 + max(c for exp in self.classes_per_experience for c in exp)
+        held = [c for _, _, classes in self.held_out for c in classes]
+        return max(len(self.class_names), 1 + max(c for exp in self.classes_per_experience for c in exp + held))
 
 
 def classes_per_split(num_classes: int, num_experiences: int) -> list[int]:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from moecl.errors import ConfigError, OutOfMemoryError, check_choice, check_range
 from moecl.methods import ContinualMethod
-from moecl.metrics import summarize
+from moecl.metrics import multi_domain, summarize
 from moecl.scenarios import TaskStream
 from moecl.training.atomic import write_json
 from moecl.training.checkpoint import load_checkpoint, load_method_state, save_checkpoint
@@ -36,6 +36,7 @@ class Progress:
     rows: list[list[float]] = field(default_factory=list)
     initial: list[float] | None = None
     trainable: list[int] = field(default_factory=list)
+    held_out: list[list[float]] = field(default_factory=list)  # row per evaluation: before training, then after each experience
     experts: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
 
@@ -85,6 +86,7 @@ class ContinualRunner:
         self.metrics_path = self.run_dir / "metrics.json"
         self._train_sets: list[Dataset] = [exp.dataset for exp in stream.benchmark.train_stream]
         self._test_sets: list[Dataset] = [exp.dataset for exp in stream.benchmark.test_stream]
+        self._held_out: list[tuple] = list(stream.held_out)
 
     # -- public ----------------------------------------------------------------
     def run(self) -> dict:
@@ -100,7 +102,9 @@ class ContinualRunner:
         if self.cfg.mode == "multitask":
             return self._run_multitask(progress)
         if start == 0 and self._measure_initial():
-            progress.initial = self._evaluate_all(self.stream.classes_per_experience[0])
+            progress.initial = self._evaluate_all(untrained=True)
+        if start == 0 and self.stream.held_out:
+            progress.held_out.append(self._evaluate_held_out())
         for t in range(start, self.stream.num_experiences):
             began = time.perf_counter()
             L.seed_everything(self.seed + t, workers=True, verbose=False)
@@ -111,6 +115,8 @@ class ContinualRunner:
             self.method.after_experience(t, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
             progress.trainable.append(self.method.trainable_parameters())
             progress.rows.append(self._evaluate_all())
+            if self.stream.held_out:
+                progress.held_out.append(self._evaluate_held_out())
             progress.experts.append(self.method.expert_stats())
             progress.wall_time_s += time.perf_counter() - began
             self._save(t, progress, complete=t == self.stream.num_experiences - 1)
@@ -119,7 +125,7 @@ class ContinualRunner:
     # -- steps -----------------------------------------------------------------
     def _measure_initial(self) -> bool:
         measure = self.cfg.eval.initial_accuracy
-        return self.stream.setting == "task_incremental" if measure is None else bool(measure)
+        return self.stream.setting != "class_incremental" if measure is None else bool(measure)
 
     def _resume(self) -> tuple[Progress, int]:
         if not self.checkpoint_path.exists():
@@ -138,6 +144,7 @@ class ContinualRunner:
         bs = self.cfg.eval.batch_size
         self._train_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._train_sets]
         self._test_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._test_sets]
+        self._held_out = [(n, cache_features(self.method.backbone, d, bs, self.device), c) for n, d, c in self._held_out]
 
     def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None) -> None:
         """One Lightning fit of the method on ``loader`` (``max_epochs`` defaults to trainer.max_epochs)."""
@@ -181,32 +188,45 @@ class ContinualRunner:
         return loggers
 
     @torch.no_grad()
-    def _evaluate(self, j: int, allowed: torch.Tensor) -> float:
-        self.method.on_evaluate_start(j)
+    def _accuracy(self, dataset: Dataset, allowed: torch.Tensor) -> float:
         correct = total = 0
-        for batch in make_loader(self._test_sets[j], self.cfg.eval.batch_size, shuffle=False):
+        for batch in make_loader(dataset, self.cfg.eval.batch_size, shuffle=False):
             logits = self.method(batch[0].to(self.device)).masked_fill(~allowed, float("-inf"))
             correct += int((logits.argmax(-1).cpu() == batch[1]).sum())
             total += len(batch[1])
-        self.method.on_evaluate_end(j)
         return 100.0 * correct / max(total, 1)
 
-    def _evaluate_all(self, forced_classes: list[int] | None = None) -> list[float]:
+    def _mask(self, classes: list[int]) -> torch.Tensor:
+        allowed = torch.zeros(self.method.num_classes, dtype=torch.bool, device=self.device)
+        allowed[classes] = True
+        return allowed
+
+    def _evaluate_all(self, untrained: bool = False) -> list[float]:
         """Row of R: accuracy on every test experience.
 
-        Class-incremental: prediction over all classes seen so far. Task-incremental
-        (or ``forced_classes`` for the untrained model): within the experience's classes.
+        Class-incremental: prediction over all classes seen so far (for the untrained
+        model, none is: within the experience's classes). Task-incremental: within the
+        experience's classes. All-classes (X-TAIL): over every class of the stream.
         """
         self.method.eval().to(self.device)
+        every = [c for exp in self.stream.classes_per_experience for c in exp]
         row = []
         for j, classes in enumerate(self.stream.classes_per_experience):
-            allowed = torch.zeros(self.method.num_classes, dtype=torch.bool, device=self.device)
-            if self.stream.setting == "task_incremental" or forced_classes is not None:
-                allowed[classes] = True
+            if self.stream.setting == "all_classes":
+                allowed = self._mask(every)
+            elif self.stream.setting == "task_incremental" or untrained:
+                allowed = self._mask(classes)
             else:
-                allowed |= self.method.seen.to(self.device)
-            row.append(self._evaluate(j, allowed))
+                allowed = self.method.seen.to(self.device)
+            self.method.on_evaluate_start(j)
+            row.append(self._accuracy(self._test_sets[j], allowed))
+            self.method.on_evaluate_end(j)
         return row
+
+    def _evaluate_held_out(self) -> list[float]:
+        """Zero-shot accuracy on each held-out domain, within its own classes."""
+        self.method.eval().to(self.device)
+        return [self._accuracy(data, self._mask(classes)) for _, data, classes in self._held_out]
 
     def _run_multitask(self, progress: Progress) -> dict:
         """All experiences trained jointly (the upper bound / multi-task use): one row of R."""
@@ -239,6 +259,18 @@ class ContinualRunner:
             done = len(rows)
             acc = summarize([r[:done] for r in rows], None if progress.initial is None else progress.initial[:done])
             acc["accuracy_matrix"] = rows
+            if self.stream.domains:
+                acc["domains"] = self.stream.domains
+                acc.update(multi_domain(rows) if complete else {"transfer": None, "average": None, "last": None})
+        if self.stream.held_out:
+            acc["out_of_domain"] = {
+                name: {
+                    "zero_shot": progress.held_out[0][i],
+                    "after_experience": [r[i] for r in progress.held_out[1:]],
+                    "forgetting": progress.held_out[0][i] - progress.held_out[-1][i] if len(progress.held_out) > 1 else None,
+                }
+                for i, (name, _, _) in enumerate(self.stream.held_out)
+            }
         return {
             "schema": SCHEMA,
             "method": self.cfg.method.name,
