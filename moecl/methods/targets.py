@@ -1,6 +1,7 @@
 """Which linear layers of a backbone a method wraps (``method.targets``, ``method.towers``)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from omegaconf import ListConfig
@@ -31,4 +32,6 @@ def resolve_targets(backbone: Backbone, targets: str | Sequence[str], towers: Se
     names = [n for n in find_targets(backbone.model, chosen) if n.startswith(prefixes)]
     if not names:
         raise ConfigError(f"method.targets={chosen} matches no linear layer in the {'/'.join(towers)} tower(s) of {backbone.name}")
-    return names
+    # A regex of the exact names: as name endings, "transformer.resblocks.0.attn.q_proj"
+    # would also match the image tower's "visual.transformer.resblocks.0.attn.q_proj".
+    return "|".join(re.escape(n) for n in names)
