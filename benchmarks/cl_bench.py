@@ -26,6 +26,7 @@ COLUMNS = (
     ("forgetting", "forgetting"),
     ("bwt", "BWT"),
 )
+MULTI_DOMAIN_COLUMNS = (("transfer", "Transfer"), ("average", "Average"), ("last", "Last"))
 
 
 def machine() -> str:
@@ -41,10 +42,12 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(scenario: str, rows: dict[str, list[dict]]) -> str:
-    head = "| method | " + " | ".join(label for _, label in COLUMNS) + " | trainable params | wall time (s) |"
-    lines = [head, "|---" * (len(COLUMNS) + 3) + "|"]
+    first = next(iter(rows.values()))[0]
+    columns = COLUMNS + (MULTI_DOMAIN_COLUMNS if first.get("transfer") is not None else ())
+    head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params | wall time (s) |"
+    lines = [head, "|---" * (len(columns) + 3) + "|"]
     for method, runs in rows.items():
-        cells = [mean_std([r[key] for r in runs]) for key, _ in COLUMNS]
+        cells = [mean_std([r[key] for r in runs]) for key, _ in columns]
         trainable = runs[0]["params"]["trainable_per_experience"]
         tp = str(trainable[-1]) if trainable else "0"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {tp} | {mean_std([r['wall_time_s'] for r in runs])} |")
@@ -70,13 +73,14 @@ def main() -> None:
             began = time.time()
             metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario + args.tag, method, f"seed{seed}"))
             rows.setdefault(method, []).append(metrics)
-            print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting']:.1f} ({time.time() - began:.0f}s)", flush=True)
+            print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting'] or 0:.1f} ({time.time() - began:.0f}s)", flush=True)
     md = table(args.scenario, rows)
     out = Path(args.results, f"cl_{args.scenario}{'_' + args.tag if args.tag else ''}.json")
     write_json(out, {
         "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
         "table_markdown": md,
-        "runs": {m: [{k: r[k] for k in ("seed", "accuracy_matrix", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt", "params", "wall_time_s", "experts")} for r in runs] for m, runs in rows.items()},
+        "runs": {m: [{k: r.get(k) for k in ("seed", "accuracy_matrix", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt",
+                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "experts")} for r in runs] for m, runs in rows.items()},
     })
     print(md)
     print(f"wrote {out}")

@@ -119,7 +119,10 @@ def test_registry_names_every_scenario():
 def test_hub_weights_offline_fail_in_one_line(monkeypatch):
     from moecl.errors import CheckpointError
 
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import time
     with pytest.raises(CheckpointError) as err:
         build_backbone(compose_config(["backbone=timm", "backbone.model=vit_tiny_patch16_224"]).backbone)
     assert "backbone.checkpoint" in str(err.value) and "\n" not in str(err.value)
