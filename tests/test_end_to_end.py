@@ -90,3 +90,19 @@ def test_bad_value_is_one_line_and_debug_shows_traceback(tmp_path):
     assert "Traceback" not in out.stderr
     dbg = moecl("method.tau=0", "debug=true", f"hydra.run.dir={tmp_path}/run2", cwd=tmp_path)
     assert dbg.returncode != 0 and "Traceback" in dbg.stderr + dbg.stdout
+
+
+@pytest.mark.parametrize("peer", ["naive", "ewc", "lwf", "replay", "cumulative"])
+def test_avalanche_peers_run_through_moecl_metrics(fast_cfg, tmp_path, peer):
+    metrics = run(fast_cfg(f"method={peer}", "trainer.max_epochs=1", "scenario.num_experiences=2"), run_dir=tmp_path)
+    R = metrics["accuracy_matrix"]
+    assert len(R) == 2 and R[0][0] > 50.0 and R[0][1] == 0.0
+    # the backbone itself is fine-tuned: every parameter trains
+    assert metrics["params"]["trainable_per_experience"][0] == metrics["params"]["total"]
+
+
+def test_peers_refuse_multitask_mode(fast_cfg, tmp_path):
+    from moecl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mode=continual only"):
+        run(fast_cfg("method=naive", "mode=multitask", "trainer.max_epochs=1"), run_dir=tmp_path)

@@ -36,10 +36,12 @@ class ContinualMethod(L.LightningModule):
     Class attributes:
         frozen_features: inputs are precomputed backbone features (the runner caches them).
         needs_training: False for methods that only fit statistics (prototype).
+        resumable: False when the method keeps state a checkpoint cannot hold.
     """
 
     frozen_features = False
     needs_training = True
+    resumable = True
 
     def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         super().__init__()

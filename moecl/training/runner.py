@@ -30,6 +30,36 @@ log = logging.getLogger("moecl")
 
 
 @dataclass
+class Fitter:
+    """What a method calls to train: ``fit(loader, max_epochs=None)`` runs one Lightning fit.
+
+    Methods with their own loop (Avalanche peers) read ``max_epochs`` and ``device``.
+    """
+
+    runner: "ContinualRunner"
+    experience: int
+    joint: bool = False  # multitask mode: the loader holds every experience
+
+    @property
+    def max_epochs(self) -> int:
+        return self.runner.trainer_cfg.max_epochs
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    @property
+    def avalanche_experience(self):
+        """The benchmark's own train experience (for Avalanche strategies)."""
+        if self.joint:
+            raise ConfigError(f"method={self.runner.cfg.method.name!r} runs in mode=continual only; method=cumulative is Avalanche's joint-like peer")
+        return self.runner.stream.benchmark.train_stream[self.experience]
+
+    def __call__(self, loader: DataLoader, max_epochs: int | None = None) -> None:
+        self.runner._fit(self.experience, loader, max_epochs)
+
+
+@dataclass
 class Progress:
     """What a checkpoint carries besides tensors: every finished row and statistic."""
 
@@ -111,7 +141,7 @@ class ContinualRunner:
             classes = self.stream.classes_per_experience[t]
             self.method.before_experience(t, classes)
             loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
-            self.method.fit_experience(t, loader, lambda data, max_epochs=None, t=t: self._fit(t, data, max_epochs))
+            self.method.fit_experience(t, loader, Fitter(self, t))
             self.method.after_experience(t, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
             progress.trainable.append(self.method.trainable_parameters())
             progress.rows.append(self._evaluate_all())
@@ -129,6 +159,9 @@ class ContinualRunner:
 
     def _resume(self) -> tuple[Progress, int]:
         if not self.checkpoint_path.exists():
+            return Progress(), 0
+        if not self.method.resumable:
+            log.warning("%s keeps state moecl cannot checkpoint: starting the run over", self.cfg.method.name)
             return Progress(), 0
         ckpt = load_checkpoint(self.checkpoint_path, self.fingerprint)
         done = int(ckpt["experience"]) + 1
@@ -236,7 +269,7 @@ class ContinualRunner:
         self.method.before_experience(0, classes)
         data = joint(self._train_sets)
         loader = make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed, num_workers=self.trainer_cfg.num_workers)
-        self.method.fit_experience(0, loader, lambda d, max_epochs=None: self._fit(0, d, max_epochs))
+        self.method.fit_experience(0, loader, Fitter(self, 0, joint=True))
         self.method.after_experience(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
         progress.trainable.append(self.method.trainable_parameters())
         progress.rows.append(self._evaluate_all())
