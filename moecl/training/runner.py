@@ -39,6 +39,7 @@ class Fitter:
     runner: "ContinualRunner"
     experience: int
     joint: bool = False  # multitask mode: the loader holds every experience
+    calls: int = 0
 
     @property
     def max_epochs(self) -> int:
@@ -56,7 +57,8 @@ class Fitter:
         return self.runner.stream.benchmark.train_stream[self.experience]
 
     def __call__(self, loader: DataLoader, max_epochs: int | None = None) -> None:
-        self.runner._fit(self.experience, loader, max_epochs)
+        self.calls += 1
+        self.runner._fit(self.experience, loader, max_epochs, stage=self.calls)
 
 
 @dataclass
@@ -179,8 +181,12 @@ class ContinualRunner:
         self._test_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._test_sets]
         self._held_out = [(n, cache_features(self.method.backbone, d, bs, self.device), c) for n, d, c in self._held_out]
 
-    def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None) -> None:
-        """One Lightning fit of the method on ``loader`` (``max_epochs`` defaults to trainer.max_epochs)."""
+    def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None, stage: int = 1) -> None:
+        """One Lightning fit of the method on ``loader`` (``max_epochs`` defaults to trainer.max_epochs).
+
+        ``stage`` numbers the fits of one experience (SEMA fits several times), so each
+        gets its own log folder.
+        """
         tc = self.trainer_cfg
         epochs = tc.max_epochs if max_epochs is None else max_epochs
         if not self.method.needs_training or epochs == 0:
@@ -191,7 +197,7 @@ class ContinualRunner:
             devices=1,
             precision=tc.precision,
             gradient_clip_val=tc.gradient_clip_val,
-            logger=self._loggers(experience),
+            logger=self._loggers(experience, stage),
             enable_checkpointing=False,
             enable_progress_bar=tc.progress_bar,
             enable_model_summary=False,
@@ -212,9 +218,9 @@ class ContinualRunner:
                 "lower trainer.batch_size or use trainer.precision=bf16-mixed"
             ) from err
 
-    def _loggers(self, experience: int) -> list:
+    def _loggers(self, experience: int, stage: int = 1) -> list:
         """Lightning's CSV logger, plus TensorBoard when it is installed."""
-        version = f"experience_{experience + 1}"
+        version = f"experience_{experience + 1}" + (f"_fit{stage}" if stage > 1 else "")
         loggers = [CSVLogger(self.run_dir, name="logs", version=version)]
         if self.trainer_cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             loggers.append(TensorBoardLogger(self.run_dir, name="tensorboard", version=version))
