@@ -44,12 +44,12 @@ def mean_std(values: list[float]) -> str:
 def table(scenario: str, rows: dict[str, list[dict]]) -> str:
     first = next(iter(rows.values()))[0]
     columns = COLUMNS + (MULTI_DOMAIN_COLUMNS if first.get("transfer") is not None else ())
-    head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params | wall time (s) |"
+    head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params / task | wall time (s) |"
     lines = [head, "|---" * (len(columns) + 3) + "|"]
     for method, runs in rows.items():
         cells = [mean_std([r[key] for r in runs]) for key, _ in columns]
         trainable = runs[0]["params"]["trainable_per_experience"]
-        tp = str(trainable[-1]) if trainable else "0"
+        tp = str(round(statistics.mean(trainable))) if trainable else "0"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {tp} | {mean_std([r['wall_time_s'] for r in runs])} |")
     return "\n".join(lines)
 
