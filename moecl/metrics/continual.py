@@ -2,6 +2,10 @@
 
 R[t][j] (0-based here) is the accuracy in percent on test experience j after training
 through experience t. All functions take R as a square T x T array-like.
+
+Written here because Avalanche's functional API has only a forgetting matrix (measured
+from R[j][j], not from the best accuracy) and no BWT/FWT/Transfer; the tests check
+where the two must agree.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassAccuracy
 
 from moecl.errors import ConfigError, OutOfMemoryError, check_choice, check_range
 from moecl.methods import ContinualMethod
@@ -228,12 +229,12 @@ class ContinualRunner:
 
     @torch.no_grad()
     def _accuracy(self, dataset: Dataset, allowed: torch.Tensor) -> float:
-        correct = total = 0
+        """Accuracy (%) of the argmax over the ``allowed`` classes."""
+        metric = MulticlassAccuracy(num_classes=self.method.num_classes, average="micro").to(self.device)
         for batch in make_loader(dataset, self.cfg.eval.batch_size, shuffle=False):
             logits = self.method(batch[0].to(self.device)).masked_fill(~allowed, float("-inf"))
-            correct += int((logits.argmax(-1).cpu() == batch[1]).sum())
-            total += len(batch[1])
-        return 100.0 * correct / max(total, 1)
+            metric.update(logits.argmax(-1), batch[1].to(self.device))
+        return 100.0 * float(metric.compute())
 
     def _mask(self, classes: list[int]) -> torch.Tensor:
         allowed = torch.zeros(self.method.num_classes, dtype=torch.bool, device=self.device)
