@@ -54,6 +54,36 @@ def table(scenario: str, rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Bars of last accuracy and forgetting, and the average-accuracy curve A_t, per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (bars, curve) = plt.subplots(1, 2, figsize=(11, 3.8))
+    names = list(rows)
+    x = range(len(names))
+    for offset, (key, label) in zip((-0.2, 0.2), (("last_accuracy", "last accuracy"), ("forgetting", "forgetting"))):
+        values = [[r[key] or 0.0 for r in rows[m]] for m in names]
+        bars.bar([i + offset for i in x], [statistics.mean(v) for v in values], width=0.4, label=label,
+                 yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values], capsize=3)
+    bars.set_xticks(list(x), names, rotation=30, ha="right")
+    bars.set_ylabel("%")
+    bars.legend()
+    for m in names:
+        curves = [r["average_accuracy"] for r in rows[m]]
+        mean = [statistics.mean(v) for v in zip(*curves)]
+        curve.plot(range(1, len(mean) + 1), mean, marker="o", label=m)
+    curve.set_xlabel("after task")
+    curve.set_ylabel("average accuracy A_t (%)")
+    curve.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="split_digits")
@@ -63,7 +93,12 @@ def main() -> None:
     parser.add_argument("--out-dir", default="outputs/cl_bench")
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix of the results file (e.g. lr2e-3)")
+    parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs: a check that finishes in minutes")
     args = parser.parse_args()
+    if args.quick:
+        args.seeds = args.seeds[:1]
+        args.overrides = ["trainer.max_epochs=5", *args.overrides]
+        args.tag = args.tag or "quick"
 
     rows: dict[str, list[dict]] = {}
     for method in args.methods:
@@ -71,7 +106,10 @@ def main() -> None:
             overrides = [f"scenario={args.scenario}", f"method={method}", f"seed={seed}",
                          "trainer.progress_bar=false", "print_report=false", *args.overrides]
             began = time.time()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
             metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario + args.tag, method, f"seed{seed}"))
+            metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             rows.setdefault(method, []).append(metrics)
             print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting'] or 0:.1f} ({time.time() - began:.0f}s)", flush=True)
     md = table(args.scenario, rows)
@@ -79,11 +117,12 @@ def main() -> None:
     write_json(out, {
         "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
         "table_markdown": md,
-        "runs": {m: [{k: r.get(k) for k in ("seed", "accuracy_matrix", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt",
-                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "experts")} for r in runs] for m, runs in rows.items()},
+        "runs": {m: [{k: r.get(k) for k in ("seed", "accuracy_matrix", "average_accuracy", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt",
+                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "peak_gpu_memory_mib", "experts")} for r in runs] for m, runs in rows.items()},
     })
+    plot(rows, out.with_suffix(".png"), f"{args.scenario} ({machine()})")
     print(md)
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
