@@ -75,6 +75,7 @@ def plot(rows: dict[str, list[dict]], path: Path, title: str) -> None:
         curves = [r["average_accuracy"] for r in rows[m]]
         mean = [statistics.mean(v) for v in zip(*curves)]
         curve.plot(range(1, len(mean) + 1), mean, marker="o", label=m)
+    curve.set_xticks(range(1, len(mean) + 1))
     curve.set_xlabel("after task")
     curve.set_ylabel("average accuracy A_t (%)")
     curve.legend(fontsize=7)

@@ -27,8 +27,8 @@ def main() -> None:
     for doc in (ROOT / "docs" / "results.md", ROOT / "README.md"):
         text = doc.read_text()
         for name, table in tables.items():
-            pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(\n<!-- /table:{re.escape(name)} -->)", re.S)
-            text = pattern.sub(lambda m: m.group(1) + table + m.group(2), text)
+            pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /table:{re.escape(name)} -->)", re.S)
+            text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
         doc.write_text(text)
         print(f"updated {doc.relative_to(ROOT)}")
 
