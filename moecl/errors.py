@@ -75,3 +75,13 @@ def check_range(
         lo = "" if low is None else (f"{low} <= " if low_inclusive else f"{low} < ")
         hi = "" if high is None else f" <= {high}"
         raise ConfigError(f"{name}={value!r} is out of range; allowed: {lo}{name.split('.')[-1]}{hi}")
+
+
+def describe(err: BaseException, limit: int = 160) -> str:
+    """A library exception as a short clause for a one-line message."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:
+        # torch's advice (weights_only=False) would execute arbitrary code: not ours to give.
+        return "not a torch weights file, or it holds objects other than tensors; moecl reads weights with weights_only=True"
+    first = text.splitlines()[0] if text else type(err).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."

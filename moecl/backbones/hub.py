@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from moecl.errors import CheckpointError
+from moecl.errors import CheckpointError, describe
 
 T = TypeVar("T")
 
@@ -15,8 +15,7 @@ def from_hub(description: str, build: Callable[[], T]) -> T:
         return build()
     except (OSError, RuntimeError, ValueError) as err:
         # urllib/requests/huggingface_hub errors all derive from OSError or RuntimeError.
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"could not fetch pretrained weights for {description} ({first}); "
+            f"could not fetch pretrained weights for {description} ({describe(err, 100)}); "
             "offline, pass a local file with backbone.checkpoint=<path>"
         ) from err

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from moecl.errors import CheckpointError
+from moecl.errors import CheckpointError, describe
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -24,8 +24,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint={str(path)!r} is not a readable weights file ({first})") from err
+        raise CheckpointError(f"checkpoint={str(path)!r} is not a readable weights file ({describe(err)})") from err
     for key in ("state_dict", "model", "module"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from moecl.errors import CheckpointError
+from moecl.errors import CheckpointError, describe
 from moecl.training.atomic import write_torch
 
 FORMAT = "moecl-checkpoint"
@@ -35,8 +35,7 @@ def load_checkpoint(path: Path, fingerprint: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a moecl checkpoint ({first})") from err
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or not a moecl checkpoint ({describe(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a moecl checkpoint")
     if ckpt.get("version") != VERSION:
