@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from moecl.errors import ConfigError, DataNotFoundError, check_range
 from moecl.scenarios.registry import ClassSplitData, register
+from moecl.scenarios.stream import experience_classes
 
 FMNIST_PACKAGE = "dataset-fashion-mnist"
 FMNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -55,8 +56,6 @@ def shifted_digits(cfg: DictConfig) -> ClassSplitData:
     domains repeat along the stream: a self-expanding method should grow on a new
     domain and reuse its adapters when a domain comes back.
     """
-    from moecl.scenarios.stream import experience_classes
-
     unknown = [d for d in cfg.domains if d not in DOMAINS]
     if unknown:
         raise ConfigError(f"scenario.domains has {unknown[0]!r}; allowed: {', '.join(DOMAINS)}")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, Subset
 
 from moecl.errors import ConfigError, DataNotFoundError, check_choice
+from moecl.scenarios.builtin import DOMAINS
 from moecl.scenarios.registry import SCENARIOS, ClassSplitData
 from moecl.scenarios.stream import TaskStream
 
@@ -65,8 +66,6 @@ def _limit(ds: Dataset, per_class: int | None, seed: int = 0) -> Dataset:
 
 def load_domain(entry: DictConfig) -> ClassSplitData | None:
     """A domain's data from any registered class-split scenario; None if optional and missing."""
-    from moecl.scenarios.builtin import DOMAINS
-
     cfg = OmegaConf.merge(DOMAIN_DEFAULTS, entry)
     if cfg.source == "multi_domain" or cfg.source not in SCENARIOS:
         raise ConfigError(f"scenario.domains: source={cfg.source!r} is not allowed; choose one of: {', '.join(n for n in SCENARIOS.names() if n != 'multi_domain')}")
@@ -85,8 +84,6 @@ def load_domain(entry: DictConfig) -> ClassSplitData | None:
 
 def build_multi_domain(cfg: DictConfig) -> TaskStream:
     """The stream of ``cfg.domains`` (one experience each) plus its ``cfg.held_out`` domains."""
-    from moecl.scenarios.builtin import DOMAINS
-
     check_choice("scenario.protocol", cfg.protocol, PROTOCOLS)
     entries = [e for e in cfg.domains]
     if not entries:
