@@ -139,3 +139,10 @@ def test_local_checkpoint_loads_into_timm_backbone(tmp_path):
     for name in ("w.safetensors", "w.pt"):
         bb = build_backbone(compose_config(["backbone=timm", "backbone.model=vit_tiny_patch16_224", f"backbone.checkpoint={tmp_path / name}"]).backbone)
         torch.testing.assert_close(bb.model.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+
+def test_timm_names_with_pretrained_tags_are_accepted():
+    bb = build_backbone(compose_config(["backbone=timm", "backbone.model=vit_tiny_patch16_224.augreg_in21k", "backbone.pretrained=false"]).backbone)
+    assert bb.feature_dim == 192
+    with pytest.raises(ConfigError, match="not a timm model"):
+        build_backbone(compose_config(["backbone=timm", "backbone.model=nope", "backbone.pretrained=false"]).backbone)

@@ -66,7 +66,7 @@ def tiny_vit(cfg: DictConfig) -> Backbone:
 def timm_backbone(cfg: DictConfig) -> Backbone:
     """Any timm model by name (``backbone.model``), weights from the hub or ``checkpoint``."""
     name = cfg.model
-    if not name or name not in timm.list_models():
+    if not name or not timm.is_model(name):
         raise ConfigError(f"backbone.model={name!r} is not a timm model; see timm.list_models()")
     use_hub = bool(cfg.pretrained) and not cfg.checkpoint
     if use_hub:
