@@ -2,20 +2,26 @@
 
     python benchmarks/cl_bench.py --scenario split_digits --methods mora seq_lora linear_probe prototype --seeds 0 1 2
 
-Each (method, seed) is one ``moecl.run.run`` in its own run directory under --out-dir
-(re-running resumes or reuses finished runs). Writes benchmarks/results/cl_<scenario>.json
-with every run's metrics and the mean/std table, and prints the table as markdown.
+Each (method, seed) is one ``moecl.run.run`` in its own spawned process and run directory
+under --out-dir (re-running resumes or reuses finished runs), so its peak memory is its own:
+peak resident memory on CPU, peak allocated GPU memory on CUDA. Writes
+benchmarks/results/cl_<scenario>.json with every run's metrics and the mean/std table, a
+PNG of bars and accuracy curves, and prints the table as markdown.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
+import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+from concurrent.futures import ProcessPoolExecutor
 
 from moecl.run import compose_config, run
 from moecl.training.atomic import write_json
@@ -41,16 +47,35 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def one_run(overrides: list[str], run_dir: Path) -> dict:
+    """One run (in a fresh process); its peak memory is stored next to metrics.json so a reused run keeps it."""
+    memory_file = run_dir / "peak_memory.json"
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    metrics = run(compose_config(overrides), run_dir=run_dir)
+    if torch.cuda.is_available():
+        peak = {"peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20, "memory_kind": "gpu allocated"}
+    else:  # ru_maxrss is in KiB on Linux
+        peak = {"peak_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory_kind": "cpu resident"}
+    if memory_file.exists():  # the run was finished before: keep the memory of the process that trained it
+        peak = json.loads(memory_file.read_text())
+    else:
+        write_json(memory_file, peak)
+    return {**metrics, **peak}
+
+
 def table(scenario: str, rows: dict[str, list[dict]]) -> str:
     first = next(iter(rows.values()))[0]
     columns = COLUMNS + (MULTI_DOMAIN_COLUMNS if first.get("transfer") is not None else ())
-    head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params / task | wall time (s) |"
-    lines = [head, "|---" * (len(columns) + 3) + "|"]
+    head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params / task | wall time (s) | peak memory (MiB) |"
+    lines = [head, "|---" * (len(columns) + 4) + "|"]
     for method, runs in rows.items():
         cells = [mean_std([r[key] for r in runs]) for key, _ in columns]
         trainable = runs[0]["params"]["trainable_per_experience"]
         tp = str(round(statistics.mean(trainable))) if trainable else "0"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {tp} | {mean_std([r['wall_time_s'] for r in runs])} |")
+        memory = [r["peak_memory_mib"] for r in runs if r.get("peak_memory_mib") is not None]
+        mem = f"{statistics.mean(memory):.0f}" if memory else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {tp} | {mean_std([r['wall_time_s'] for r in runs])} | {mem} |")
     return "\n".join(lines)
 
 
@@ -107,10 +132,9 @@ def main() -> None:
             overrides = [f"scenario={args.scenario}", f"method={method}", f"seed={seed}",
                          "trainer.progress_bar=false", "print_report=false", *args.overrides]
             began = time.time()
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            metrics = run(compose_config(overrides), run_dir=Path(args.out_dir, args.scenario + args.tag, method, f"seed{seed}"))
-            metrics["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+            run_dir = Path(args.out_dir, args.scenario + args.tag, method, f"seed{seed}")
+            with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                metrics = pool.submit(one_run, overrides, run_dir).result()
             rows.setdefault(method, []).append(metrics)
             print(f"{method} seed {seed}: last {metrics['last_accuracy']:.1f} forgetting {metrics['forgetting'] or 0:.1f} ({time.time() - began:.0f}s)", flush=True)
     md = table(args.scenario, rows)
@@ -119,7 +143,7 @@ def main() -> None:
         "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
         "table_markdown": md,
         "runs": {m: [{k: r.get(k) for k in ("seed", "accuracy_matrix", "average_accuracy", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt",
-                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "peak_gpu_memory_mib", "experts")} for r in runs] for m, runs in rows.items()},
+                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "peak_memory_mib", "memory_kind", "experts")} for r in runs] for m, runs in rows.items()},
     })
     plot(rows, out.with_suffix(".png"), f"{args.scenario} ({machine()})")
     print(md)

@@ -24,7 +24,7 @@ def _tensor_dataset(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
     x = torch.as_tensor(images, dtype=torch.float32)
     if x.dim() == 3:
         x = x.unsqueeze(1)
-    return TensorDataset(x, torch.as_tensor(labels, dtype=torch.long))
+    return TensorDataset(x, torch.tensor(labels, dtype=torch.long))  # a copy: IDX arrays are read-only
 
 
 def _digits_arrays(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
