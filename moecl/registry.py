@@ -16,11 +16,14 @@ class Registry(Generic[T]):
         self.kind = kind
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, *names: str) -> Callable[[T], T]:
+        """Register the decorated builder under each of ``names`` (one builder may serve variants)."""
+
         def decorate(item: T) -> T:
-            if name in self._items:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self._items[name] = item
+            for name in names:
+                if name in self._items:
+                    raise ValueError(f"{self.kind} {name!r} is registered twice")
+                self._items[name] = item
             return item
 
         return decorate

@@ -112,6 +112,9 @@ def test_pruning_changes_outputs_only_at_evaluation_unless_asked():
 def test_usage_counts_top_k_membership():
     usage = RankUsage(4)
     p = torch.tensor([[1.0, 2.0, 3.0, -1.0], [3.0, 2.0, 1.0, -1.0]])
-    usage.update(p, top_k=2, tau=0.1, delta=None)
+    layer = Rank1Linear(nn.Linear(4, 1), top_k=2, tau=0.1)
+    usage.update(*layer._selection(p, None))
     assert usage.utilisation() == pytest.approx([0.5, 1.0, 0.5, 0.0])
     assert usage.active_ranks_per_token() == pytest.approx(2.0)
+    # load per atom (1, 2, 1, 0): mean 1, population std sqrt(0.5)
+    assert usage.load_cv() == pytest.approx(math.sqrt(0.5))

@@ -47,6 +47,8 @@ class Backbone(nn.Module):
         block_names: names of the transformer blocks (where SEMA adapters go).
         default_targets: name endings of the attention and MLP projections (what
             ``method.targets=default`` wraps).
+        mlp_targets: name endings (or a regex) of the MLP projections alone (what
+            ``targets=mlp`` wraps: MixLoRA / LoRAMoE experts).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class Backbone(nn.Module):
         feature_dim: int,
         block_names: list[str] | None = None,
         default_targets: list[str] | None = None,
+        mlp_targets: list[str] | str | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -65,6 +68,7 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.block_names = list(block_names or [])
         self.default_targets = list(default_targets or [])
+        self.mlp_targets = mlp_targets if isinstance(mlp_targets, str) else list(mlp_targets or [])
         self.towers = {"image": ""}  # tower -> name prefix of its modules inside `model`
         self.model.requires_grad_(False)
         self.model.eval()

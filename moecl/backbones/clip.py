@@ -31,7 +31,7 @@ class ClipBackbone(Backbone):
 
     def __init__(self, name: str, model: torch.nn.Module, preprocess: ImagePreprocess, tokenizer) -> None:
         blocks = [f"visual.transformer.resblocks.{i}" for i in range(len(model.visual.transformer.resblocks))]
-        super().__init__(name, model, preprocess, model.text_projection.shape[1], blocks, CLIP_TARGETS)
+        super().__init__(name, model, preprocess, model.text_projection.shape[1], blocks, CLIP_TARGETS, ["c_fc", "c_proj"])
         self.towers = {"image": "visual.", "text": "transformer."}
         self.tokenizer = tokenizer
 
@@ -94,7 +94,8 @@ class TextEncoderBackbone(Backbone):
     def __init__(self, name: str, model: torch.nn.Module, tokenizer) -> None:
         layers = [f"encoder.layer.{i}" for i in range(model.config.num_hidden_layers)]
         super().__init__(name, model, torch.nn.Identity(), model.config.hidden_size, layers,
-                         ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"])
+                         ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
+                         r".*layer\.\d+\.(intermediate|output)\.dense")
         self.tokenizer = tokenizer
 
     def tokenize(self, texts: list[str]) -> torch.Tensor:

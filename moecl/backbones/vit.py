@@ -20,7 +20,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_VITS = ("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14")
 PACKAGED_WEIGHTS = {"glyphs": Path(__file__).parent / "weights" / "tiny_vit_glyphs.safetensors"}
 TIMM_VIT_TARGETS = ["qkv", "proj", "fc1", "fc2"]
+TIMM_VIT_MLP = ["fc1", "fc2"]
 TORCHVISION_VIT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "mlp.0", "mlp.3"]
+TORCHVISION_VIT_MLP = ["mlp.0", "mlp.3"]
 
 
 @register("tiny_vit")
@@ -59,7 +61,7 @@ def tiny_vit(cfg: DictConfig) -> Backbone:
         load_weights(model, checkpoint, ignore_prefixes=("head.",))
     preprocess = ImagePreprocess(cfg.img_size, 3)
     blocks = [f"blocks.{i}" for i in range(cfg.depth)]
-    return Backbone("tiny_vit", model, preprocess, model.num_features, blocks, TIMM_VIT_TARGETS)
+    return Backbone("tiny_vit", model, preprocess, model.num_features, blocks, TIMM_VIT_TARGETS, TIMM_VIT_MLP)
 
 
 @register("timm")
@@ -78,7 +80,7 @@ def timm_backbone(cfg: DictConfig) -> Backbone:
     data_cfg = timm.data.resolve_data_config({}, model=model)
     preprocess = ImagePreprocess(data_cfg["input_size"][-1], data_cfg["input_size"][0], data_cfg["mean"], data_cfg["std"])
     blocks = [f"blocks.{i}" for i in range(len(model.blocks))] if hasattr(model, "blocks") else []
-    return Backbone(f"timm:{name}", model, preprocess, model.num_features, blocks, TIMM_VIT_TARGETS)
+    return Backbone(f"timm:{name}", model, preprocess, model.num_features, blocks, TIMM_VIT_TARGETS, TIMM_VIT_MLP)
 
 
 @register("torchvision_vit")
@@ -97,4 +99,4 @@ def torchvision_vit(cfg: DictConfig) -> Backbone:
     unfuse_attention(model)
     blocks = [f"encoder.layers.{n}" for n, _ in model.encoder.layers.named_children()]
     preprocess = ImagePreprocess(model.image_size, 3, IMAGENET_MEAN, IMAGENET_STD)
-    return Backbone(f"torchvision:{name}", model, preprocess, model.hidden_dim, blocks, TORCHVISION_VIT_TARGETS)
+    return Backbone(f"torchvision:{name}", model, preprocess, model.hidden_dim, blocks, TORCHVISION_VIT_TARGETS, TORCHVISION_VIT_MLP)

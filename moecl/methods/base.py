@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from moecl.backbones import Backbone
 from moecl.errors import ConfigError, TrainingDivergedError, check_choice, check_range
+from moecl.experts.routing import BALANCE_MODES, Router
 from moecl.heads import LinearHead, PrototypeHead, TextHead
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -52,6 +53,7 @@ class ContinualMethod(L.LightningModule):
         self.head = self.build_head(class_names)
         self.prototypes = PrototypeHead(backbone.feature_dim, num_classes) if cfg.classifier == "prototype" else None
         self.current_experience = -1
+        self.joint = False  # set by the runner in mode=multitask: one experience holds every task
         self.register_buffer("seen", torch.zeros(num_classes, dtype=torch.bool))
         self.register_buffer("train_classes", torch.zeros(num_classes, dtype=torch.bool))
         self._frozen_keys = {f"backbone.{k}" for k in backbone.state_dict()}
@@ -84,6 +86,19 @@ class ContinualMethod(L.LightningModule):
         check_range("method.optimizer.weight_decay", opt.weight_decay, low=0)
         check_choice("method.scheduler", self.cfg.scheduler, SCHEDULERS)
         check_choice("method.train_logits", self.cfg.train_logits, TRAIN_LOGITS)
+
+    def validate_balance(self) -> None:
+        """Check ``method.balance`` (routed methods)."""
+        b = self.cfg.balance
+        check_choice("method.balance.mode", b.mode, BALANCE_MODES)
+        check_range("method.balance.coef", b.coef, low=0)
+        check_range("method.balance.bias_rate", b.bias_rate, low=0)
+        check_range("method.balance.window", b.window, low=1, integer=True)
+
+    def make_router(self, d_in: int, top_k: int, formula: str = "switch", groups: int = 1, noisy: bool = False) -> Router:
+        """A router with this method's balancing options."""
+        b = self.cfg.balance
+        return Router(d_in, top_k, b.mode, formula, groups, noisy, b.bias_rate, b.window)
 
     # -- experience hooks ----------------------------------------------------
     def before_experience(self, experience: int, classes: list[int]) -> None:
@@ -123,6 +138,29 @@ class ContinualMethod(L.LightningModule):
     def on_evaluate_end(self, test_experience: int) -> None:
         """Called after evaluating a test experience."""
 
+    def counts_statistics(self, test_experience: int) -> bool:
+        """Expert statistics are measured on the test data of the task just trained (every task in multitask mode)."""
+        return self.joint or test_experience == self.current_experience
+
+    def starts_statistics(self, test_experience: int) -> bool:
+        """The first test experience of an evaluation pass that counts (statistics restart there)."""
+        return test_experience == (0 if self.joint else self.current_experience)
+
+    def balance_loss(self) -> torch.Tensor | None:
+        """Sum of the routers' auxiliary balancing losses of the last forward, times ``method.balance.coef``.
+
+        Each router's loss is read once and cleared, so a router that did not run in
+        this step (a frozen past task's) adds nothing.
+        """
+        losses = []
+        for module in self.modules():
+            if isinstance(module, Router) and module.aux_loss is not None:
+                losses.append(module.aux_loss)
+                module.aux_loss = None
+        if not losses:
+            return None
+        return self.cfg.balance.coef * torch.stack(losses).sum()
+
     def expert_stats(self) -> dict:
         """Experts per layer and method-specific statistics for metrics.json ``experts``."""
         return {}
@@ -151,6 +189,10 @@ class ContinualMethod(L.LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x).masked_fill(~self.train_classes, float("-inf"))
         loss = F.cross_entropy(logits, y)
+        aux = self.balance_loss()
+        if aux is not None:
+            self.log("balance_loss", aux, on_step=True, on_epoch=False, batch_size=len(y))
+            loss = loss + aux
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"loss became {loss.item()} in experience {self.current_experience + 1} at step {self.global_step}; "

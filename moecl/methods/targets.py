@@ -12,7 +12,8 @@ from moecl.experts.inject import find_targets
 
 
 def resolve_targets(backbone: Backbone, targets: str | Sequence[str], towers: Sequence[str] = ("image",)) -> str | list[str]:
-    """``default`` -> the backbone's attention and MLP projections; else a regex or name endings.
+    """``default`` -> the backbone's attention and MLP projections, ``mlp`` -> its MLP projections,
+    ``attention`` -> the rest of ``default``; else a regex or name endings.
 
     ``towers`` keeps the layers of the named towers only (CLIP: ``image``, ``text``).
     """
@@ -22,6 +23,11 @@ def resolve_targets(backbone: Backbone, targets: str | Sequence[str], towers: Se
         raise ConfigError(f"method.towers={towers} is not allowed for {backbone.name}; choose from: {', '.join(backbone.towers)}")
     if targets == "default":
         chosen: str | list[str] = list(backbone.default_targets)
+    elif targets == "mlp":
+        chosen = backbone.mlp_targets
+    elif targets == "attention":
+        mlp = set(find_targets(backbone.model, backbone.mlp_targets))
+        chosen = "|".join(re.escape(n) for n in find_targets(backbone.model, backbone.default_targets) if n not in mlp)
     elif isinstance(targets, (list, tuple, ListConfig)):
         chosen = [str(t) for t in targets]
     else:

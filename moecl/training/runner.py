@@ -1,6 +1,7 @@
 """ContinualRunner: the loop over experiences (design.md "One run", step 4)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -40,6 +41,7 @@ class Fitter:
     runner: "ContinualRunner"
     experience: int
     joint: bool = False  # multitask mode: the loader holds every experience
+    log_name: str | None = None  # log folder (default experience_<t+1>)
     calls: int = 0
 
     @property
@@ -59,7 +61,7 @@ class Fitter:
 
     def __call__(self, loader: DataLoader, max_epochs: int | None = None) -> None:
         self.calls += 1
-        self.runner._fit(self.experience, loader, max_epochs, stage=self.calls)
+        self.runner._fit(self.experience, loader, max_epochs, stage=self.calls, log_name=self.log_name)
 
 
 @dataclass
@@ -72,6 +74,8 @@ class Progress:
     held_out: list[list[float]] = field(default_factory=list)  # row per evaluation: before training, then after each experience
     experts: list[dict] = field(default_factory=list)
     wall_time_s: float = 0.0
+    within_task: list[float] | None = None  # multitask: the joint model's accuracy within each task's classes
+    single_task: list[float] = field(default_factory=list)  # multitask: a model trained on task t alone, on task t
 
 
 def resolve_device(accelerator: str) -> torch.device:
@@ -124,6 +128,8 @@ class ContinualRunner:
     # -- public ----------------------------------------------------------------
     def run(self) -> dict:
         """Run (or resume, or return the finished result of) the whole stream."""
+        # A pristine copy for the single-task references of multitask mode (before any state is loaded).
+        self._pristine = copy.deepcopy(self.method) if self._single_task_reference() else None
         if self.metrics_path.exists():
             done = json.loads(self.metrics_path.read_text())
             if done.get("complete") and done.get("fingerprint") == self.fingerprint:
@@ -135,7 +141,7 @@ class ContinualRunner:
         if self.cfg.mode == "multitask":
             return self._run_multitask(progress)
         if start == 0 and self._measure_initial():
-            progress.initial = self._evaluate_all(untrained=True)
+            progress.initial = self._evaluate_all(within_task=True)
         if start == 0 and self.stream.held_out:
             progress.held_out.append(self._evaluate_held_out())
         for t in range(start, self.stream.num_experiences):
@@ -156,6 +162,10 @@ class ContinualRunner:
         return json.loads(self.metrics_path.read_text())
 
     # -- steps -----------------------------------------------------------------
+    def _single_task_reference(self) -> bool:
+        wanted = self.cfg.eval.get("single_task")
+        return self.cfg.mode == "multitask" and (wanted is None or bool(wanted)) and self.method.needs_training
+
     def _measure_initial(self) -> bool:
         measure = self.cfg.eval.initial_accuracy
         return self.stream.setting != "class_incremental" if measure is None else bool(measure)
@@ -182,7 +192,7 @@ class ContinualRunner:
         self._test_sets = [cache_features(self.method.backbone, d, bs, self.device) for d in self._test_sets]
         self._held_out = [(n, cache_features(self.method.backbone, d, bs, self.device), c) for n, d, c in self._held_out]
 
-    def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None, stage: int = 1) -> None:
+    def _fit(self, experience: int, loader: DataLoader, max_epochs: int | None = None, stage: int = 1, log_name: str | None = None) -> None:
         """One Lightning fit of the method on ``loader`` (``max_epochs`` defaults to trainer.max_epochs).
 
         ``stage`` numbers the fits of one experience (SEMA fits several times), so each
@@ -198,7 +208,7 @@ class ContinualRunner:
             devices=1,
             precision=tc.precision,
             gradient_clip_val=tc.gradient_clip_val,
-            logger=self._loggers(experience, stage),
+            logger=self._loggers(log_name or f"experience_{experience + 1}", stage),
             enable_checkpointing=False,
             enable_progress_bar=tc.progress_bar,
             enable_model_summary=False,
@@ -219,9 +229,9 @@ class ContinualRunner:
                 "lower trainer.batch_size or use trainer.precision=bf16-mixed"
             ) from err
 
-    def _loggers(self, experience: int, stage: int = 1) -> list:
+    def _loggers(self, name: str, stage: int = 1) -> list:
         """Lightning's CSV logger, plus TensorBoard when it is installed."""
-        version = f"experience_{experience + 1}" + (f"_fit{stage}" if stage > 1 else "")
+        version = name + (f"_fit{stage}" if stage > 1 else "")
         loggers = [CSVLogger(self.run_dir, name="logs", version=version)]
         if self.trainer_cfg.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             loggers.append(TensorBoardLogger(self.run_dir, name="tensorboard", version=version))
@@ -241,11 +251,11 @@ class ContinualRunner:
         allowed[classes] = True
         return allowed
 
-    def _evaluate_all(self, untrained: bool = False) -> list[float]:
+    def _evaluate_all(self, within_task: bool = False) -> list[float]:
         """Row of R: accuracy on every test experience.
 
-        Class-incremental: prediction over all classes seen so far (for the untrained
-        model, none is: within the experience's classes). Task-incremental: within the
+        Class-incremental: prediction over all classes seen so far (``within_task``: within
+        the experience's classes, as for the untrained model, which has seen none). Task-incremental: within the
         experience's classes. All-classes (X-TAIL): over every class of the stream.
         """
         self.method.eval().to(self.device)
@@ -254,7 +264,7 @@ class ContinualRunner:
         for j, classes in enumerate(self.stream.classes_per_experience):
             if self.stream.setting == "all_classes":
                 allowed = self._mask(every)
-            elif self.stream.setting == "task_incremental" or untrained:
+            elif self.stream.setting == "task_incremental" or within_task:
                 allowed = self._mask(classes)
             else:
                 allowed = self.method.seen.to(self.device)
@@ -269,21 +279,55 @@ class ContinualRunner:
         return [self._accuracy(data, self._mask(classes)) for _, data, classes in self._held_out]
 
     def _run_multitask(self, progress: Progress) -> dict:
-        """All experiences trained jointly (the upper bound / multi-task use): one row of R."""
-        began = time.perf_counter()
-        L.seed_everything(self.seed, workers=True, verbose=False)
-        classes = sorted(c for exp in self.stream.classes_per_experience for c in exp)
-        self.method.before_experience(0, classes)
-        data = joint(self._train_sets)
-        loader = make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed, num_workers=self.trainer_cfg.num_workers)
-        self.method.fit_experience(0, loader, Fitter(self, 0, joint=True))
-        self.method.after_experience(0, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
-        progress.trainable.append(self.method.trainable_parameters())
-        progress.rows.append(self._evaluate_all())
-        progress.experts.append(self.method.expert_stats())
-        progress.wall_time_s += time.perf_counter() - began
-        self._save(0, progress, complete=True)
+        """All experiences trained jointly (the upper bound / multi-task use): one row of R.
+
+        Then, unless ``eval.single_task=false``, one fresh model per task trained on that
+        task alone gives the single-task reference; the checkpoint after each keeps finished
+        work.
+        """
+        self.method.joint = True
+        if not progress.rows:
+            began = time.perf_counter()
+            L.seed_everything(self.seed, workers=True, verbose=False)
+            classes = sorted(c for exp in self.stream.classes_per_experience for c in exp)
+            self.method.before_experience(0, classes)
+            data = joint(self._train_sets)
+            self._train_and_measure(self.method, 0, data, progress, Fitter(self, 0, joint=True))
+            progress.within_task = self._evaluate_all(within_task=True)
+            progress.wall_time_s += time.perf_counter() - began
+            self._save(0, progress, complete=self._pristine is None)
+        if self._pristine is not None:
+            self._run_single_tasks(progress)
         return json.loads(self.metrics_path.read_text())
+
+    def _train_and_measure(self, method: ContinualMethod, t: int, data: Dataset, progress: Progress, fitter: Fitter) -> None:
+        """Train ``method`` on ``data`` as experience ``t``; append its trainable count, row and statistics."""
+        loader = make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
+        method.fit_experience(t, loader, fitter)
+        method.after_experience(t, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
+        progress.trainable.append(method.trainable_parameters())
+        progress.rows.append(self._evaluate_all())
+        progress.experts.append(method.expert_stats())
+
+    def _run_single_tasks(self, progress: Progress) -> None:
+        joint_method = self.method
+        try:
+            for t in range(len(progress.single_task), self.stream.num_experiences):
+                began = time.perf_counter()
+                L.seed_everything(self.seed + t, workers=True, verbose=False)
+                self.method = copy.deepcopy(self._pristine).to(self.device)
+                classes = self.stream.classes_per_experience[t]
+                self.method.before_experience(0, classes)
+                loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
+                self.method.fit_experience(0, loader, Fitter(self, t, log_name=f"single_task_{t + 1}"))
+                self.method.after_experience(0, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
+                self.method.eval().to(self.device)
+                progress.single_task.append(self._accuracy(self._test_sets[t], self._mask(classes)))
+                progress.wall_time_s += time.perf_counter() - began
+                self.method = joint_method
+                self._save(0, progress, complete=t == self.stream.num_experiences - 1)
+        finally:
+            self.method = joint_method
 
     # -- results ---------------------------------------------------------------
     def metrics(self, progress: Progress, complete: bool) -> dict:
@@ -294,6 +338,7 @@ class ContinualRunner:
             acc = {
                 "accuracy_matrix": rows, "average_accuracy": [sum(row) / len(row)], "last_accuracy": sum(row) / len(row),
                 "average_incremental_accuracy": None, "forgetting": None, "bwt": None, "fwt": None, "initial_accuracy": None,
+                "multitask": self._multitask_summary(progress),
             }
         else:
             done = len(rows)
@@ -333,6 +378,19 @@ class ContinualRunner:
             "wall_time_s": round(progress.wall_time_s, 3),
             "fingerprint": self.fingerprint,
             "complete": complete,
+        }
+
+    def _multitask_summary(self, progress: Progress) -> dict:
+        """Per-task accuracy within each task's classes, the single-task references and the gap."""
+        within, single = progress.within_task, progress.single_task
+        done = within is not None and len(single) == len(within) > 0
+        return {
+            "within_task_accuracy": within,
+            "within_task_average": None if within is None else sum(within) / len(within),
+            "single_task_accuracy": single or None,
+            "single_task_average": sum(single) / len(single) if done else None,
+            # positive: training the tasks together beats training each alone
+            "gap_to_single_task": sum(within) / len(within) - sum(single) / len(single) if done else None,
         }
 
     def _backbone_params(self) -> int:
