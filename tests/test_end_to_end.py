@@ -55,6 +55,30 @@ def test_multitask_mode_trains_jointly(fast_cfg, tmp_path):
     metrics = run(fast_cfg("method=linear_probe", "mode=multitask", "trainer.max_epochs=3"), run_dir=tmp_path)
     assert len(metrics["accuracy_matrix"]) == 1 and len(metrics["accuracy_matrix"][0]) == 5
     assert metrics["forgetting"] is None and metrics["last_accuracy"] > 20.0
+    mt = metrics["multitask"]
+    within, single = mt["within_task_accuracy"], mt["single_task_accuracy"]
+    assert len(within) == len(single) == 5
+    # within a task's own classes the joint model cannot do worse than over all ten
+    assert all(w >= a for w, a in zip(within, metrics["accuracy_matrix"][0]))
+    assert mt["gap_to_single_task"] == pytest.approx(sum(within) / 5 - sum(single) / 5)
+    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"experience_1", *(f"single_task_{t}" for t in range(1, 6))}
+
+
+def test_multitask_without_single_task_reference(fast_cfg, tmp_path):
+    metrics = run(fast_cfg("method=linear_probe", "mode=multitask", "eval.single_task=false"), run_dir=tmp_path)
+    assert metrics["complete"] and metrics["multitask"]["single_task_accuracy"] is None
+    assert metrics["multitask"]["gap_to_single_task"] is None
+
+
+@pytest.mark.parametrize("method", ["smora", "flylora", "mixlora", "loramoe"])
+def test_routed_methods_report_load(fast_cfg, tmp_path, method):
+    metrics = run(fast_cfg(f"method={method}", "trainer.max_epochs=1"), run_dir=tmp_path)
+    assert metrics["complete"] and metrics["accuracy_matrix"][0][0] > 50.0
+    stats = metrics["experts"]["per_experience"][-1]
+    usage = stats.get("usage") or stats["routing"]
+    assert usage["load_cv"] >= 0 and usage["activated_params_per_token"] > 0
+    if method in ("smora", "flylora"):
+        assert usage["active_ranks_per_token"] == pytest.approx(4.0)  # top_k of every token
 
 
 def test_user_built_benchmark(fast_cfg, tmp_path):
