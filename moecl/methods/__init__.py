@@ -4,7 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from moecl.backbones import Backbone
-from moecl.methods import avalanche_peers, lora_mixtures, mora, probes, sema, seq_lora, zero_shot  # noqa: F401  (fill the registry)
+from moecl.methods import avalanche_peers, lora_mixtures, moe_adapters, mora, probes, sema, seq_lora, zero_shot  # noqa: F401  (fill the registry)
 from moecl.methods.base import ContinualMethod
 from moecl.methods.registry import METHODS, register
 
