@@ -33,6 +33,23 @@ COLUMNS = (
     ("bwt", "BWT"),
 )
 MULTI_DOMAIN_COLUMNS = (("transfer", "Transfer"), ("average", "Average"), ("last", "Last"))
+MULTITASK_COLUMNS = (
+    ("last_accuracy", "accuracy"),
+    ("multitask.within_task_average", "within-task acc"),
+    ("multitask.single_task_average", "single-task acc"),
+    ("multitask.gap_to_single_task", "gap to single-task"),
+)
+ROUTING_COLUMNS = (("load_cv", "load CV"), ("activated_params_per_token", "activated params / token"))
+
+
+def value(run: dict, key: str) -> float | None:
+    """A metrics.json value by dotted path; routing keys come from the last experience's expert statistics."""
+    if key in dict(ROUTING_COLUMNS):
+        stats = run["experts"]["per_experience"][-1] if run["experts"]["per_experience"] else {}
+        return (stats.get("usage") or stats.get("routing") or {}).get(key)
+    for part in key.split("."):
+        run = run.get(part) if isinstance(run, dict) else None
+    return run
 
 
 def machine() -> str:
@@ -41,10 +58,15 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None], digits: int = 1) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if digits == 0:
+        return f"{statistics.mean(values):.0f}"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def one_run(overrides: list[str], run_dir: Path) -> dict:
@@ -65,12 +87,15 @@ def one_run(overrides: list[str], run_dir: Path) -> dict:
 
 
 def table(scenario: str, rows: dict[str, list[dict]]) -> str:
-    first = next(iter(rows.values()))[0]
-    columns = COLUMNS + (MULTI_DOMAIN_COLUMNS if first.get("transfer") is not None else ())
+    every = [r for runs in rows.values() for r in runs]
+    first = every[0]
+    columns = MULTITASK_COLUMNS if first.get("mode") == "multitask" else COLUMNS
+    columns += MULTI_DOMAIN_COLUMNS if first.get("transfer") is not None else ()
+    columns += tuple(c for c in ROUTING_COLUMNS if any(value(r, c[0]) is not None for r in every))
     head = "| method | " + " | ".join(label for _, label in columns) + " | trainable params / task | wall time (s) | peak memory (MiB) |"
     lines = [head, "|---" * (len(columns) + 4) + "|"]
     for method, runs in rows.items():
-        cells = [mean_std([r[key] for r in runs]) for key, _ in columns]
+        cells = [mean_std([value(r, key) for r in runs], 0 if key == "activated_params_per_token" else 2 if key == "load_cv" else 1) for key, _ in columns]
         trainable = runs[0]["params"]["trainable_per_experience"]
         tp = str(round(statistics.mean(trainable))) if trainable else "0"
         memory = [r["peak_memory_mib"] for r in runs if r.get("peak_memory_mib") is not None]
@@ -80,7 +105,8 @@ def table(scenario: str, rows: dict[str, list[dict]]) -> str:
 
 
 def plot(rows: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Bars of last accuracy and forgetting, and the average-accuracy curve A_t, per method."""
+    """Bars of last accuracy and forgetting and the average-accuracy curve A_t, per method
+    (multi-task runs: joint vs single-task accuracy and the within-task accuracy per task)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,20 +115,23 @@ def plot(rows: dict[str, list[dict]], path: Path, title: str) -> None:
     fig, (bars, curve) = plt.subplots(1, 2, figsize=(11, 3.8))
     names = list(rows)
     x = range(len(names))
-    for offset, (key, label) in zip((-0.2, 0.2), (("last_accuracy", "last accuracy"), ("forgetting", "forgetting"))):
-        values = [[r[key] or 0.0 for r in rows[m]] for m in names]
+    multitask = next(iter(rows.values()))[0].get("mode") == "multitask"
+    bar_keys = (("multitask.within_task_average", "joint (within task)"), ("multitask.single_task_average", "single-task")) if multitask \
+        else (("last_accuracy", "last accuracy"), ("forgetting", "forgetting"))
+    for offset, (key, label) in zip((-0.2, 0.2), bar_keys):
+        values = [[value(r, key) or 0.0 for r in rows[m]] for m in names]
         bars.bar([i + offset for i in x], [statistics.mean(v) for v in values], width=0.4, label=label,
                  yerr=[statistics.stdev(v) if len(v) > 1 else 0.0 for v in values], capsize=3)
     bars.set_xticks(list(x), names, rotation=30, ha="right")
     bars.set_ylabel("%")
     bars.legend()
     for m in names:
-        curves = [r["average_accuracy"] for r in rows[m]]
+        curves = [(r["multitask"]["within_task_accuracy"] if multitask else r["average_accuracy"]) for r in rows[m]]
         mean = [statistics.mean(v) for v in zip(*curves)]
         curve.plot(range(1, len(mean) + 1), mean, marker="o", label=m)
     curve.set_xticks(range(1, len(mean) + 1))
-    curve.set_xlabel("after task")
-    curve.set_ylabel("average accuracy A_t (%)")
+    curve.set_xlabel("task" if multitask else "after task")
+    curve.set_ylabel("within-task accuracy (%)" if multitask else "average accuracy A_t (%)")
     curve.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
@@ -143,7 +172,7 @@ def main() -> None:
         "scenario": args.scenario, "machine": machine(), "seeds": args.seeds, "overrides": args.overrides,
         "table_markdown": md,
         "runs": {m: [{k: r.get(k) for k in ("seed", "accuracy_matrix", "average_accuracy", "last_accuracy", "average_incremental_accuracy", "forgetting", "bwt",
-                              "transfer", "average", "last", "out_of_domain", "params", "wall_time_s", "peak_memory_mib", "memory_kind", "experts")} for r in runs] for m, runs in rows.items()},
+                              "transfer", "average", "last", "out_of_domain", "multitask", "mode", "params", "wall_time_s", "peak_memory_mib", "memory_kind", "experts")} for r in runs] for m, runs in rows.items()},
     })
     plot(rows, out.with_suffix(".png"), f"{args.scenario} ({machine()})")
     print(md)
