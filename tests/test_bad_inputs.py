@@ -14,6 +14,9 @@ CASES = [
     (["trainer.max_epochs=-1"], 2, ["trainer.max_epochs=-1", "0 <= max_epochs"]),
     (["mode=online"], 2, ["mode='online'", "continual, multitask"]),
     (["method.targets=[nope]"], 2, ["method.targets=['nope']", "blocks.*.attn.qkv"]),
+    (["method=smora", "method.balance.mode=nope"], 2, ["method.balance.mode='nope'", "none, aux, global, bias"]),
+    (["method=flylora", "method.balance.mode=aux"], 2, ["method.balance.mode='aux'", "use bias or none"]),
+    (["method=loramoe", "method.groups=3"], 2, ["method.groups=3", "method.experts=8"]),
     (["scenario=split_fmnist", "scenario.root=/nonexistent/fmnist"], 3, ["scenario.root='/nonexistent/fmnist'", "dataset-fashion-mnist"]),
 ]
 
