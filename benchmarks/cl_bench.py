@@ -39,6 +39,8 @@ MULTITASK_COLUMNS = (
     ("multitask.single_task_average", "single-task acc"),
     ("multitask.gap_to_single_task", "gap to single-task"),
 )
+METHODS = ["mora", "sema", "moe_adapters", "seq_lora", "linear_probe", "prototype", "naive", "ewc", "lwf", "replay", "cumulative"]
+QUICK_EPOCHS, QUICK_PER_CLASS = 3, 200
 ROUTING_COLUMNS = (("load_cv", "load CV"), ("activated_params_per_token", "activated params / token"))
 
 
@@ -142,17 +144,20 @@ def plot(rows: dict[str, list[dict]], path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", default="split_digits")
-    parser.add_argument("--methods", nargs="+", default=["mora", "seq_lora", "linear_probe", "prototype"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, help="default: every continual method and peer")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--overrides", nargs="*", default=[], help="extra key=value for every run")
     parser.add_argument("--out-dir", default="outputs/cl_bench")
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--tag", default="", help="suffix of the results file (e.g. lr2e-3)")
-    parser.add_argument("--quick", action="store_true", help="one seed, 5 epochs: a check that finishes in minutes")
+    parser.add_argument("--quick", action="store_true", help=f"one seed, {QUICK_EPOCHS} epochs, at most {QUICK_PER_CLASS} training images per class: minutes")
     args = parser.parse_args()
     if args.quick:
         args.seeds = args.seeds[:1]
-        args.overrides = ["trainer.max_epochs=5", *args.overrides]
+        quick = [f"trainer.max_epochs={QUICK_EPOCHS}"]
+        if "max_train_per_class" in compose_config([f"scenario={args.scenario}"]).scenario:
+            quick.append(f"scenario.max_train_per_class={QUICK_PER_CLASS}")
+        args.overrides = [*quick, *args.overrides]
         args.tag = args.tag or "quick"
 
     rows: dict[str, list[dict]] = {}

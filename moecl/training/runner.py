@@ -149,14 +149,9 @@ class ContinualRunner:
             L.seed_everything(self.seed + t, workers=True, verbose=False)
             classes = self.stream.classes_per_experience[t]
             self.method.before_experience(t, classes)
-            loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
-            self.method.fit_experience(t, loader, Fitter(self, t))
-            self.method.after_experience(t, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
-            progress.trainable.append(self.method.trainable_parameters())
-            progress.rows.append(self._evaluate_all())
+            self._train_and_measure(t, self._train_sets[t], progress, Fitter(self, t))
             if self.stream.held_out:
                 progress.held_out.append(self._evaluate_held_out())
-            progress.experts.append(self.method.expert_stats())
             progress.wall_time_s += time.perf_counter() - began
             self._save(t, progress, complete=t == self.stream.num_experiences - 1)
         return json.loads(self.metrics_path.read_text())
@@ -292,7 +287,7 @@ class ContinualRunner:
             classes = sorted(c for exp in self.stream.classes_per_experience for c in exp)
             self.method.before_experience(0, classes)
             data = joint(self._train_sets)
-            self._train_and_measure(self.method, 0, data, progress, Fitter(self, 0, joint=True))
+            self._train_and_measure(0, data, progress, Fitter(self, 0, joint=True))
             progress.within_task = self._evaluate_all(within_task=True)
             progress.wall_time_s += time.perf_counter() - began
             self._save(0, progress, complete=self._pristine is None)
@@ -300,14 +295,18 @@ class ContinualRunner:
             self._run_single_tasks(progress)
         return json.loads(self.metrics_path.read_text())
 
-    def _train_and_measure(self, method: ContinualMethod, t: int, data: Dataset, progress: Progress, fitter: Fitter) -> None:
-        """Train ``method`` on ``data`` as experience ``t``; append its trainable count, row and statistics."""
-        loader = make_loader(data, self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
-        method.fit_experience(t, loader, fitter)
-        method.after_experience(t, make_loader(data, self.trainer_cfg.batch_size, shuffle=False))
-        progress.trainable.append(method.trainable_parameters())
+    def _train(self, experience: int, data: Dataset, fitter: Fitter, seed: int) -> None:
+        """Fit the method on ``data`` as its experience ``experience``, then its after-experience statistics."""
+        bs = self.trainer_cfg.batch_size
+        self.method.fit_experience(experience, make_loader(data, bs, shuffle=True, seed=seed, num_workers=self.trainer_cfg.num_workers), fitter)
+        self.method.after_experience(experience, make_loader(data, bs, shuffle=False))
+
+    def _train_and_measure(self, t: int, data: Dataset, progress: Progress, fitter: Fitter) -> None:
+        """Train on ``data`` as experience ``t``; append the trainable count, the row of R and the statistics."""
+        self._train(t, data, fitter, seed=self.seed + t)
+        progress.trainable.append(self.method.trainable_parameters())
         progress.rows.append(self._evaluate_all())
-        progress.experts.append(method.expert_stats())
+        progress.experts.append(self.method.expert_stats())
 
     def _run_single_tasks(self, progress: Progress) -> None:
         joint_method = self.method
@@ -318,9 +317,7 @@ class ContinualRunner:
                 self.method = copy.deepcopy(self._pristine).to(self.device)
                 classes = self.stream.classes_per_experience[t]
                 self.method.before_experience(0, classes)
-                loader = make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=True, seed=self.seed + t, num_workers=self.trainer_cfg.num_workers)
-                self.method.fit_experience(0, loader, Fitter(self, t, log_name=f"single_task_{t + 1}"))
-                self.method.after_experience(0, make_loader(self._train_sets[t], self.trainer_cfg.batch_size, shuffle=False))
+                self._train(0, self._train_sets[t], Fitter(self, t, log_name=f"single_task_{t + 1}"), seed=self.seed + t)
                 self.method.eval().to(self.device)
                 progress.single_task.append(self._accuracy(self._test_sets[t], self._mask(classes)))
                 progress.wall_time_s += time.perf_counter() - began
