@@ -44,7 +44,7 @@ def test_every_backbone_instantiates_offline(option):
     assert not any(p.requires_grad for p in bb.parameters())
 
 
-@pytest.mark.parametrize("option", ["mora", "seq_lora", "linear_probe", "prototype"])
+@pytest.mark.parametrize("option", ["mora", "smora", "flylora", "mixlora", "loramoe", "moe_adapters", "sema", "seq_lora", "linear_probe", "prototype"])
 def test_every_method_instantiates(option):
     cfg = compose_config([f"method={option}"])
     method = build_method(cfg.method, build_backbone(cfg.backbone), 10)
