@@ -118,6 +118,9 @@ class Rank1Linear(ExpertWrapper):
             self.router.add_experts(task, rank)
 
     def _delta(self) -> float | None:
+        """Pruning threshold now: the self gate's, at evaluation (or also in training when asked)."""
+        if self.gate != "self":
+            return None
         return self.delta if (not self.training or self.prune_in_training) else None
 
     def external_gate(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor | None:
