@@ -48,7 +48,7 @@ def value(run: dict, key: str) -> float | None:
     """A metrics.json value by dotted path; routing keys come from the last experience's expert statistics."""
     if key in dict(ROUTING_COLUMNS):
         stats = run["experts"]["per_experience"][-1] if run["experts"]["per_experience"] else {}
-        return (stats.get("usage") or stats.get("routing") or {}).get(key)
+        return stats.get(key, (stats.get("usage") or stats.get("routing") or {}).get(key))
     for part in key.split("."):
         run = run.get(part) if isinstance(run, dict) else None
     return run

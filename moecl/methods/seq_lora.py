@@ -22,4 +22,7 @@ class SequentialLoRA(ContinualMethod):
         inject(backbone.model, resolve_targets(backbone, cfg.targets, cfg.get("towers", ["image"])), lambda m: LoRALinear(m, cfg.rank, cfg.alpha, cfg.dropout))
 
     def expert_stats(self) -> dict:
-        return {"lora_layers": len(wrapped_layers(self.backbone, LoRALinear)), "rank": self.cfg.rank}
+        layers = wrapped_layers(self.backbone, LoRALinear).values()
+        # a dense LoRA multiplies every token by all of its A and B
+        activated = sum(m.lora_A.numel() + m.lora_B.numel() for m in layers)
+        return {"lora_layers": len(layers), "rank": self.cfg.rank, "activated_params_per_token": activated}
