@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from moecl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from moecl.backbones import Backbone
 
 
 def _matches(name: str, targets: str | Sequence[str]) -> bool:
@@ -51,6 +55,23 @@ def inject(model: nn.Module, targets: str | Sequence[str], wrap: Callable[[nn.Li
         wrapper = wrap(getattr(parent, child))
         setattr(parent, child, wrapper)
         wrappers[name] = wrapper
+    return wrappers
+
+
+def wrap_block_mlps(backbone: "Backbone", method: str, wrap: Callable[[nn.Module], nn.Module]) -> dict[str, nn.Module]:
+    """Replace each transformer block's ``mlp`` by ``wrap(mlp)`` (adapters beside the MLP); returns {block: wrapper}.
+
+    A backbone without named blocks, or a block without an ``mlp``, is a one-line ConfigError naming ``method``.
+    """
+    if not backbone.block_names:
+        raise ConfigError(f"backbone {backbone.name!r} names no transformer blocks; {method} needs them to place adapters")
+    wrappers = {}
+    for name in backbone.block_names:
+        block = backbone.model.get_submodule(name)
+        if not hasattr(block, "mlp"):
+            raise ConfigError(f"block {name!r} of backbone {backbone.name!r} has no `mlp` module to put adapters beside")
+        block.mlp = wrap(block.mlp)
+        wrappers[name] = block.mlp
     return wrappers
 
 

@@ -21,16 +21,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from moecl.experts.routing import Router, coefficient_of_variation
+from moecl.experts.routing import Router, coefficient_of_variation, update_select_bias
 from moecl.experts.wrapper import ExpertWrapper
 from moecl.kernels import rank_gate, sparse_rank_activation
 
 GATES = ("self", "router", "fly")
 
 
+def fly_nonzeros(cols: int, density: float) -> int:
+    """Nonzeros per row of FlyLoRA's A: round(density * cols), at least 1."""
+    return max(1, round(density * cols))
+
+
 def sparse_random_projection(rows: int, cols: int, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """FlyLoRA's frozen A: each row has round(density * cols) (at least 1) N(0, 1/nnz) entries, the rest 0."""
-    nnz = max(1, round(density * cols))
+    nnz = fly_nonzeros(cols, density)
     a = torch.zeros(rows, cols)
     for i in range(rows):
         where = torch.randperm(cols, generator=generator)[:nnz]
@@ -131,8 +136,7 @@ class Rank1Linear(ExpertWrapper):
             with torch.no_grad():
                 g = fly_gate(x @ a.t(), self.top_k, self.select_bias if self.bias_rate > 0 else None)
             if self.training and self.bias_rate > 0:
-                load = g.reshape(-1, g.shape[-1]).sum(0)
-                self.select_bias += self.bias_rate * torch.sign(load.mean() - load)
+                update_select_bias(self.select_bias, g.reshape(-1, g.shape[-1]).sum(0), self.bias_rate)
             return g
         return None
 
@@ -161,7 +165,7 @@ class Rank1Linear(ExpertWrapper):
         if self.gate == "router":
             return r * d_in + active_ranks * (d_in + d_out)
         if self.gate == "fly":
-            return r * max(1, round(self.density * d_in)) + active_ranks * d_out
+            return r * fly_nonzeros(d_in, self.density) + active_ranks * d_out
         return r * d_in + active_ranks * d_out
 
     def _selection(self, p: torch.Tensor, gate: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

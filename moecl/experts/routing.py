@@ -48,12 +48,17 @@ def coefficient_of_variation(load: torch.Tensor) -> float:
     return float(load.std(unbiased=False) / mean) if mean > 0 else 0.0
 
 
+@torch.no_grad()
+def update_select_bias(bias: torch.Tensor, load: torch.Tensor, rate: float) -> None:
+    """Auxiliary-loss-free balancing step, in place: b_i += rate * sign(mean load - load_i)."""
+    bias += rate * torch.sign(load.mean() - load)
+
+
 def balance_loss(probs: torch.Tensor, routed: torch.Tensor, formula: str, groups: int = 1) -> torch.Tensor:
     """Auxiliary balancing loss from gate probabilities (N, E) and routed slots f (E,) (fractions, no grad).
 
     Computed within each of ``groups`` equal groups of experts and summed.
     """
-    n, e = probs.shape
     total = probs.new_zeros(())
     for p, f in zip(probs.chunk(groups, dim=-1), routed.chunk(groups, dim=-1)):
         size = p.shape[-1]
@@ -158,8 +163,7 @@ class Router(nn.Module):
         load = routed.sum(0).detach()
         self.aux_loss = None
         if self.balance == "bias":
-            with torch.no_grad():
-                self.select_bias += self.bias_rate * torch.sign(load.mean() - load)
+            update_select_bias(self.select_bias, load, self.bias_rate)
             return
         if self.balance == "none":
             return

@@ -11,6 +11,7 @@ continual mode every task updates the same experts, as sequential LoRA does.
 """
 from __future__ import annotations
 
+import torch
 from omegaconf import DictConfig
 
 from moecl.backbones import Backbone
@@ -40,6 +41,7 @@ class LoRAMixture(ContinualMethod):
         )
         self.mixtures = wrapped_layers(backbone.model, LoRAMixtureLinear)
         self.last_load: dict | None = None
+        self._counts: dict[str, torch.Tensor] = {}
 
     def validate(self) -> None:
         super().validate()
@@ -56,27 +58,23 @@ class LoRAMixture(ContinualMethod):
 
     def on_evaluate_start(self, test_experience: int) -> None:
         if self.starts_statistics(test_experience):
-            self._counts = {name: None for name in self.mixtures}
-        for name, m in self.mixtures.items():
-            if self.counts_statistics(test_experience):
-                m.router.counts = self._counts[name] if self._counts[name] is not None else m.router.new_counts()
-            else:
-                m.router.counts = None
-
-    def on_evaluate_end(self, test_experience: int) -> None:
+            self._counts = {name: m.router.new_counts() for name, m in self.mixtures.items()}
         counting = self.counts_statistics(test_experience)
         for name, m in self.mixtures.items():
-            if counting:
-                self._counts[name] = m.router.counts
+            m.router.counts = self._counts[name] if counting else None  # the router adds to it in place
+
+    def on_evaluate_end(self, test_experience: int) -> None:
+        for m in self.mixtures.values():
             m.router.counts = None
-        if counting:
-            cv = [coefficient_of_variation(c) for c in self._counts.values()]
-            self.last_load = {
-                "experience": test_experience + 1,
-                "load_cv": sum(cv) / len(cv),
-                "load_cv_per_layer": dict(zip(self.mixtures, cv)),
-                "activated_params_per_token": round(sum(m.activated_params() for m in self.mixtures.values()) + self._attention_params()),
-            }
+        if not self.counts_statistics(test_experience):
+            return
+        cv = [coefficient_of_variation(c) for c in self._counts.values()]
+        self.last_load = {
+            "experience": test_experience + 1,
+            "load_cv": sum(cv) / len(cv),
+            "load_cv_per_layer": dict(zip(self.mixtures, cv)),
+            "activated_params_per_token": round(sum(m.activated_params() for m in self.mixtures.values()) + self._attention_params()),
+        }
 
     def _attention_params(self) -> int:
         return sum(m.lora_A.numel() + m.lora_B.numel() for m in wrapped_layers(self.backbone, LoRALinear).values())

@@ -20,8 +20,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from moecl.backbones import Backbone
-from moecl.errors import ConfigError, check_range
+from moecl.errors import check_range
 from moecl.experts.adapter_mixture import TaskRoutedAdapters
+from moecl.experts.inject import wrap_block_mlps
 from moecl.experts.routing import coefficient_of_variation
 from moecl.heads import PrototypeHead
 from moecl.methods.base import ContinualMethod
@@ -46,20 +47,16 @@ class MoEAdapters(ContinualMethod):
 
     def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         super().__init__(backbone, num_classes, cfg, class_names)
-        if not backbone.block_names:
-            raise ConfigError(f"backbone {backbone.name!r} names no transformer blocks; moe_adapters needs them to place adapters")
-        self.pools: dict[str, TaskRoutedAdapters] = {}
-        for name in backbone.block_names:
-            block = backbone.model.get_submodule(name)
-            if not hasattr(block, "mlp"):
-                raise ConfigError(f"block {name!r} of backbone {backbone.name!r} has no `mlp` module to put adapters beside")
-            make_router = lambda: self.make_router(backbone.feature_dim, cfg.top_k, formula="cv", noisy=cfg.noisy)  # noqa: E731
-            block.mlp = TaskRoutedAdapters(block.mlp, backbone.feature_dim, cfg.bottleneck, cfg.experts, make_router)
-            self.pools[name] = block.mlp
+        make_router = lambda: self.make_router(backbone.feature_dim, cfg.top_k, formula="cv", noisy=cfg.noisy)  # noqa: E731
+        self.pools: dict[str, TaskRoutedAdapters] = wrap_block_mlps(
+            backbone, "moe_adapters", lambda mlp: TaskRoutedAdapters(mlp, backbone.feature_dim, cfg.bottleneck, cfg.experts, make_router)
+        )
         self.selectors = nn.ModuleList()
         self.frozen_prototypes = PrototypeHead(backbone.feature_dim, num_classes) if self.prototypes is not None else None
         self.last_routing: dict | None = None
         self._counts: dict[str, torch.Tensor] = {}
+        self._selection = torch.zeros(3, dtype=torch.long)  # right task, wrong task, fallback
+        self._test_experience: int | None = None  # the test experience being counted, if any
 
     def validate(self) -> None:
         super().validate()
@@ -183,7 +180,7 @@ class MoEAdapters(ContinualMethod):
     # -- statistics ----------------------------------------------------------------
     def on_evaluate_start(self, test_experience: int) -> None:
         if self.starts_statistics(test_experience):
-            self._selection = torch.zeros(3, dtype=torch.long)  # right task, wrong task, fallback
+            self._selection.zero_()
             self._counts = {name: pool.routers[-1].new_counts() for name, pool in self.pools.items()}
         counting = self.counts_statistics(test_experience)
         self._test_experience = test_experience if counting else None
@@ -193,7 +190,7 @@ class MoEAdapters(ContinualMethod):
             pool.routers[-1].counts = self._counts[name] if counting else None
 
     def _record_selection(self, task: torch.Tensor) -> None:
-        if getattr(self, "_test_experience", None) is None:
+        if self._test_experience is None:
             return
         right = 0 if self.joint else self._test_experience
         self._selection += torch.stack([(task == right).sum(), ((task >= 0) & (task != right)).sum(), (task < 0).sum()]).cpu()

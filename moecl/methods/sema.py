@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from moecl.backbones import Backbone
-from moecl.errors import ConfigError, check_range
+from moecl.errors import check_range
 from moecl.experts.adapters import AdapterPool
+from moecl.experts.inject import wrap_block_mlps
 from moecl.methods.base import ContinualMethod
 from moecl.methods.registry import register
 
@@ -25,18 +26,12 @@ class SEMA(ContinualMethod):
 
     def __init__(self, backbone: Backbone, num_classes: int, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         super().__init__(backbone, num_classes, cfg, class_names)
-        if not backbone.block_names:
-            raise ConfigError(f"backbone {backbone.name!r} names no transformer blocks; SEMA needs them to place adapters")
-        check_range("method.expandable_layers", cfg.expandable_layers, low=0, high=len(backbone.block_names), integer=True)
         rd_dim = min(128, backbone.feature_dim // 4) if cfg.rd_dim == "auto" else cfg.rd_dim
         check_range("method.rd_dim", rd_dim, low=1, high=backbone.feature_dim - 1, integer=True)
-        self.pools: dict[str, AdapterPool] = {}
-        for name in backbone.block_names:
-            block = backbone.model.get_submodule(name)
-            if not hasattr(block, "mlp"):
-                raise ConfigError(f"block {name!r} of backbone {backbone.name!r} has no `mlp` module to put adapters beside")
-            block.mlp = AdapterPool(block.mlp, backbone.feature_dim, cfg.bottleneck, rd_dim, cfg.buffer_size)
-            self.pools[name] = block.mlp
+        self.pools: dict[str, AdapterPool] = wrap_block_mlps(
+            backbone, "SEMA", lambda mlp: AdapterPool(mlp, backbone.feature_dim, cfg.bottleneck, rd_dim, cfg.buffer_size)
+        )
+        check_range("method.expandable_layers", cfg.expandable_layers, low=0, high=len(backbone.block_names), integer=True)
         self.expandable = list(backbone.block_names)[len(backbone.block_names) - cfg.expandable_layers :]
         self.expanded: list[list[str]] = []  # per task: the layers that gained an adapter
         self.decisions: list[dict] = []  # every detection result of the current task
