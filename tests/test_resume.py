@@ -25,7 +25,8 @@ def test_killed_run_resumes_to_the_same_matrix(tmp_path):
     killed = tmp_path / "killed"
     proc = start(killed, tmp_path)
     deadline = time.time() + 240
-    while not (killed / "checkpoints" / "last.pt").exists():
+    # metrics.json is written after the checkpoint, so once it exists both do.
+    while not (killed / "metrics.json").exists():
         assert proc.poll() is None, proc.stderr.read().decode()
         assert time.time() < deadline
         time.sleep(0.02)
@@ -41,6 +42,16 @@ def test_killed_run_resumes_to_the_same_matrix(tmp_path):
     assert a["complete"] and b["complete"]
     assert a["accuracy_matrix"] == b["accuracy_matrix"]
     assert a["experts"] == b["experts"]
+
+
+@pytest.mark.parametrize("mode", ["continual", "multitask"])
+def test_kill_between_checkpoint_and_metrics_resumes_from_the_checkpoint(fast_cfg, tmp_path, mode):
+    cfg = fast_cfg("method=seq_lora", "method.rank=4", f"mode={mode}")
+    first = run(cfg, run_dir=tmp_path)
+    (tmp_path / "metrics.json").unlink()  # the checkpoint is ahead of metrics.json
+    again = run(cfg, run_dir=tmp_path)
+    assert again["complete"] and again["accuracy_matrix"] == first["accuracy_matrix"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["accuracy_matrix"] == first["accuracy_matrix"]
 
 
 def test_same_seeds_give_identical_matrix_and_a_complete_run_is_not_redone(fast_cfg, tmp_path):

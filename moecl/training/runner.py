@@ -154,7 +154,7 @@ class ContinualRunner:
                 progress.held_out.append(self._evaluate_held_out())
             progress.wall_time_s += time.perf_counter() - began
             self._save(t, progress, complete=t == self.stream.num_experiences - 1)
-        return json.loads(self.metrics_path.read_text())
+        return self._finish(progress)
 
     # -- steps -----------------------------------------------------------------
     def _single_task_reference(self) -> bool:
@@ -293,7 +293,7 @@ class ContinualRunner:
             self._save(0, progress, complete=self._pristine is None)
         if self._pristine is not None:
             self._run_single_tasks(progress)
-        return json.loads(self.metrics_path.read_text())
+        return self._finish(progress)
 
     def _train(self, experience: int, data: Dataset, fitter: Fitter, seed: int) -> None:
         """Fit the method on ``data`` as its experience ``experience``, then its after-experience statistics."""
@@ -394,6 +394,12 @@ class ContinualRunner:
         """Pretrained (frozen) parameters: everything in the backbone that is not an expert."""
         keys = self.method._frozen_keys
         return sum(p.numel() for n, p in self.method.named_parameters() if n in keys or ".base_layer." in n)
+
+    def _finish(self, progress: Progress) -> dict:
+        """The complete metrics.json, (re)written: a kill after the last checkpoint left it stale or absent."""
+        done = self.metrics(progress, complete=True)
+        write_json(self.metrics_path, done)
+        return json.loads(self.metrics_path.read_text())
 
     def _save(self, experience: int, progress: Progress, complete: bool) -> None:
         # Checkpoint first: metrics.json never claims an experience the checkpoint lacks.
