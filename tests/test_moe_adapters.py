@@ -95,3 +95,16 @@ def test_routed_methods_resume_to_the_same_result(fast_cfg, tmp_path, monkeypatc
     resumed = run(cfg, run_dir=tmp_path / "cut")
     assert resumed["accuracy_matrix"] == whole["accuracy_matrix"]
     assert resumed["experts"] == whole["experts"]
+
+
+def test_activated_params_are_one_routers_rows_and_its_top_k_adapters():
+    from moecl.experts.adapter_mixture import TaskRoutedAdapters
+    from moecl.experts.routing import Router
+
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    pool = TaskRoutedAdapters(mlp, dim=8, bottleneck=2, num_experts=5, make_router=lambda: Router(8, top_k=2, noisy=True))
+    assert pool.activated_params() == 0
+    pool.add_task()
+    pool.add_task()
+    # one task's router scores 5 experts over 8 inputs (noise only in training); 2 adapters of 8*2+2 + 2*8+8
+    assert pool.activated_params() == 5 * 8 + 2 * 42

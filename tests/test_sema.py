@@ -138,3 +138,13 @@ def test_adapter_pool_starts_as_the_mlp():
     ref = mlp(x)
     pool.add_adapter()
     torch.testing.assert_close(pool(x), ref, atol=0, rtol=0)
+
+
+def test_activated_params_count_every_adapter_and_router_column_but_no_descriptor():
+    mlp = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
+    pool = AdapterPool(mlp, 8, 2, 2, 10)
+    assert pool.activated_params() == 0
+    pool.add_adapter()
+    pool.add_adapter()
+    # per adapter: down 8*2+2, up 2*8+8 = 42; per router column 8+1; descriptors excluded
+    assert pool.activated_params() == 2 * 42 + 2 * 9

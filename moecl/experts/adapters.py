@@ -107,6 +107,13 @@ class AdapterPool(ExpertWrapper):
         nn.init.zeros_(router.bias)
         self.router.append(router)
 
+    def activated_params(self) -> int:
+        """Expert parameters that multiply one token: the router's softmax mixes every adapter.
+
+        Descriptors run only while training decides on expansion, so they do not count.
+        """
+        return sum(p.numel() for module in (self.adapters, self.router) for p in module.parameters())
+
     def set_trainable(self, adapter: bool, descriptor: bool) -> None:
         """Train the newest adapter + router column, or the newest descriptor (or neither)."""
         for p in self.parameters():

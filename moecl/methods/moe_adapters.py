@@ -211,7 +211,13 @@ class MoEAdapters(ContinualMethod):
         }
 
     def expert_stats(self) -> dict:
-        return {"experts_per_block": self.cfg.experts, "routers": len(self.selectors), "routing": self.last_routing}
+        return {
+            "experts_per_block": self.cfg.experts,
+            "routers": len(self.selectors),
+            "routing": self.last_routing,
+            # a sample routed to its task's adapters; one sent to the frozen model activates none
+            "activated_params_per_token": round(sum(pool.activated_params() for pool in self.pools.values())),
+        }
 
     def extra_state(self) -> dict:
         return {**super().extra_state(), "frozen_experts": self.frozen_experts()}

@@ -157,6 +157,7 @@ class SEMA(ContinualMethod):
         return {
             "adapters_per_layer": {name: len(pool) for name, pool in self.pools.items()},
             "expansion_decisions": self.decisions,
+            "activated_params_per_token": sum(pool.activated_params() for pool in self.pools.values()),
         }
 
     def extra_state(self) -> dict:
