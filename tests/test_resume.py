@@ -44,11 +44,16 @@ def test_killed_run_resumes_to_the_same_matrix(tmp_path):
     assert a["experts"] == b["experts"]
 
 
+@pytest.mark.parametrize("left", ["absent", "stale"])
 @pytest.mark.parametrize("mode", ["continual", "multitask"])
-def test_kill_between_checkpoint_and_metrics_resumes_from_the_checkpoint(fast_cfg, tmp_path, mode):
+def test_kill_between_checkpoint_and_metrics_resumes_from_the_checkpoint(fast_cfg, tmp_path, mode, left):
     cfg = fast_cfg("method=seq_lora", "method.rank=4", f"mode={mode}")
     first = run(cfg, run_dir=tmp_path)
-    (tmp_path / "metrics.json").unlink()  # the checkpoint is ahead of metrics.json
+    # the checkpoint is ahead of metrics.json: none yet, or the one of an earlier experience
+    if left == "absent":
+        (tmp_path / "metrics.json").unlink()
+    else:
+        atomic.write_json(tmp_path / "metrics.json", {**first, "complete": False, "accuracy_matrix": first["accuracy_matrix"][:1]})
     again = run(cfg, run_dir=tmp_path)
     assert again["complete"] and again["accuracy_matrix"] == first["accuracy_matrix"]
     assert json.loads((tmp_path / "metrics.json").read_text())["accuracy_matrix"] == first["accuracy_matrix"]

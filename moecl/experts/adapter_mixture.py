@@ -53,10 +53,10 @@ class TaskRoutedAdapters(ExpertWrapper):
         mix = torch.stack([adapter(x) for adapter in self.adapters], -1)  # (..., d, E)
         return out + (mix * gates.unsqueeze(-2)).sum(-1)
 
-    def activated_params(self) -> float:
+    def activated_params(self) -> int:
         """Expert parameters that multiply one routed token: one router's score rows and its top-k adapters."""
         if not len(self.routers):
-            return 0.0
+            return 0
         k = min(self.routers[-1].top_k, len(self.adapters))
         per_adapter = sum(p.numel() for p in self.adapters[0].parameters())
         return self.routers[-1].num_experts * self.routers[-1].d_in + k * per_adapter

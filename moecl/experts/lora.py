@@ -24,3 +24,7 @@ class LoRALinear(ExpertWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+
+    def activated_params(self) -> int:
+        """A dense LoRA multiplies every token by all of its A and B."""
+        return self.lora_A.numel() + self.lora_B.numel()

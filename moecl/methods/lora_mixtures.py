@@ -77,7 +77,7 @@ class LoRAMixture(ContinualMethod):
         }
 
     def _attention_params(self) -> int:
-        return sum(m.lora_A.numel() + m.lora_B.numel() for m in wrapped_layers(self.backbone, LoRALinear).values())
+        return sum(m.activated_params() for m in wrapped_layers(self.backbone, LoRALinear).values())
 
     def expert_stats(self) -> dict:
         return {"experts_per_layer": self.cfg.experts, "rank": self.cfg.rank, "top_k": self.cfg.top_k, "routing": self.last_load}

@@ -216,7 +216,7 @@ class MoEAdapters(ContinualMethod):
             "routers": len(self.selectors),
             "routing": self.last_routing,
             # a sample routed to its task's adapters; one sent to the frozen model activates none
-            "activated_params_per_token": round(sum(pool.activated_params() for pool in self.pools.values())),
+            "activated_params_per_token": sum(pool.activated_params() for pool in self.pools.values()),
         }
 
     def extra_state(self) -> dict:

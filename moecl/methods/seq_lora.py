@@ -23,6 +23,5 @@ class SequentialLoRA(ContinualMethod):
 
     def expert_stats(self) -> dict:
         layers = wrapped_layers(self.backbone, LoRALinear).values()
-        # a dense LoRA multiplies every token by all of its A and B
-        activated = sum(m.lora_A.numel() + m.lora_B.numel() for m in layers)
+        activated = sum(m.activated_params() for m in layers)
         return {"lora_layers": len(layers), "rank": self.cfg.rank, "activated_params_per_token": activated}

@@ -130,11 +130,10 @@ class ContinualRunner:
         """Run (or resume, or return the finished result of) the whole stream."""
         # A pristine copy for the single-task references of multitask mode (before any state is loaded).
         self._pristine = copy.deepcopy(self.method) if self._single_task_reference() else None
-        if self.metrics_path.exists():
-            done = json.loads(self.metrics_path.read_text())
-            if done.get("complete") and done.get("fingerprint") == self.fingerprint:
-                log.info("run in %s is complete; not redone", self.run_dir)
-                return done
+        done = self._completed()
+        if done is not None:
+            log.info("run in %s is complete; not redone", self.run_dir)
+            return done
         progress, start = self._resume()
         if self.method.frozen_features:
             self._cache_features()
@@ -395,11 +394,20 @@ class ContinualRunner:
         keys = self.method._frozen_keys
         return sum(p.numel() for n, p in self.method.named_parameters() if n in keys or ".base_layer." in n)
 
+    def _completed(self) -> dict | None:
+        """The metrics.json of this config's complete run, if it is on disk."""
+        if not self.metrics_path.exists():
+            return None
+        done = json.loads(self.metrics_path.read_text())
+        return done if done.get("complete") and done.get("fingerprint") == self.fingerprint else None
+
     def _finish(self, progress: Progress) -> dict:
-        """The complete metrics.json, (re)written: a kill after the last checkpoint left it stale or absent."""
-        done = self.metrics(progress, complete=True)
-        write_json(self.metrics_path, done)
-        return json.loads(self.metrics_path.read_text())
+        """The complete metrics.json; written here only when a kill after the last checkpoint left it stale or absent."""
+        done = self._completed()
+        if done is None:
+            write_json(self.metrics_path, self.metrics(progress, complete=True))
+            done = json.loads(self.metrics_path.read_text())
+        return done
 
     def _save(self, experience: int, progress: Progress, complete: bool) -> None:
         # Checkpoint first: metrics.json never claims an experience the checkpoint lacks.
